@@ -1,0 +1,1 @@
+"""Backbone families; each module registers its sizes with `evalsuite.registry.BACKBONES`."""

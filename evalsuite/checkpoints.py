@@ -1,0 +1,154 @@
+"""Backbone construction and strict checkpoint loading.
+
+Weights are read with safetensors or ``torch.load(weights_only=True)`` (a pickle that needs
+code execution is refused), mapped by the family's own converter, and loaded strictly: any
+missing, unexpected or mis-shaped key raises an error naming it. The only keys a converter may
+drop are the ones it lists explicitly (e.g. the pretraining decoder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import torch
+
+from .contracts import Backbone, count_parameters
+from .data import file_sha256
+from .registry import BACKBONES
+
+StateDict = Mapping[str, torch.Tensor]
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A registered backbone: how to build it and where its official weights come from.
+
+    ``convert`` maps any supported checkpoint layout (official, Hugging Face, ours) onto the
+    module's keys; ``ignore`` lists regexes of checkpoint keys that are deliberately dropped.
+    """
+
+    name: str
+    family: str
+    build: Callable[[], Backbone]
+    convert: Callable[[dict], dict] = lambda sd: sd
+    ignore: tuple[str, ...] = ()
+    weights_file: str | None = None
+    hf_repo: str | None = None
+    random_by_default: bool = False
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def num_params(self) -> int:
+        return count_parameters(self.build)
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    BACKBONES.register(spec.name, spec)
+    return spec
+
+
+def weights_dir() -> Path:
+    return Path(os.environ.get("EVALSUITE_WEIGHTS_DIR", Path.home() / ".cache" / "evalsuite" / "weights"))
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError and friends, re-raised with the reason
+        raise CheckpointError(
+            f"{path} cannot be loaded with weights_only=True (it needs code execution or is not a "
+            f"torch checkpoint): {str(exc).splitlines()[0]}"
+        ) from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def load_strict(model: torch.nn.Module, state: StateDict, ignore: Iterable[str] = (), source: str = "checkpoint") -> None:
+    """Load ``state`` into ``model`` demanding an exact key and shape match."""
+    patterns = [re.compile(p) for p in ignore]
+    state = {k: v for k, v in state.items() if not any(p.fullmatch(k) for p in patterns)}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_short(unexpected)}")
+    if wrong_shape:
+        problems.append(f"wrong shapes {_short(wrong_shape)}")
+    if problems:
+        raise CheckpointError(f"{source} does not match {type(model).__name__}: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def _short(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return f"[{shown}{f', … (+{len(items) - limit} more)' if len(items) > limit else ''}]"
+
+
+def resolve_weights(spec: BackboneSpec, weights: str | None) -> Path | None:
+    """The checkpoint file to load, ``None`` for random init, or an error saying where to put it."""
+    if weights == "random" or (weights is None and spec.random_by_default):
+        return None
+    if weights is None:
+        candidate = weights_dir() / spec.weights_file if spec.weights_file else None
+        if candidate is not None and candidate.is_file():
+            return candidate
+        where = f"put {spec.weights_file} in {weights_dir()} (or set EVALSUITE_WEIGHTS_DIR)" if spec.weights_file else "no official file is known"
+        hub = f", --weights hf-hub:{spec.hf_repo}" if spec.hf_repo else ""
+        raise CheckpointError(f"{spec.name}: no weights found: {where}, or pass --weights PATH{hub} or --weights random")
+    if weights.startswith("hf-hub:"):
+        return _download_hub(weights.removeprefix("hf-hub:"))
+    return Path(weights).expanduser()
+
+
+def _download_hub(repo: str) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as exc:
+        raise CheckpointError("hf-hub weights need the 'hub' extra: pip install 'evalsuite[hub]'") from exc
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        try:
+            return Path(hf_hub_download(repo, filename))
+        except Exception as exc:  # noqa: BLE001 - try the next file, report the last reason
+            last = exc
+    raise CheckpointError(f"could not fetch weights of {repo} from the hub: {last}")
+
+
+def create_backbone(name: str, weights: str | None = None) -> Backbone:
+    """Build a registered backbone and load its weights strictly (``"random"`` for none)."""
+    spec = BACKBONES.get(name)
+    if not isinstance(spec, BackboneSpec):  # an entry-point plugin may register a bare factory
+        return spec(weights=weights)
+    path = resolve_weights(spec, weights)
+    model = spec.build()
+    if path is not None:
+        state = spec.convert(read_state_dict(path))
+        load_strict(model, state, spec.ignore, source=str(path))
+        model.meta = dataclasses.replace(model.meta, weights=file_sha256(path))
+    model.eval()
+    return model
+

@@ -1,0 +1,307 @@
+"""`evalsuite` command line. Heavy imports happen inside commands so `--help` stays instant."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark visual backbones on published protocols.")
+data_app = typer.Typer(no_args_is_help=True, help="The offline mini world.")
+app.add_typer(data_app, name="data")
+console = Console()
+err = Console(stderr=True)
+
+TINY_BACKBONES = ("pixio-tiny", "mae-tiny", "dino-tiny")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _parse_params(items: list[str]) -> dict[str, str]:
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(f"--param expects KEY=VALUE, got {item!r}")
+        params[key.strip()] = value.strip()
+    return params
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err, transient=True)
+
+
+def _run_one(backbone, task, *, weights, data, data_root, mini_size, seed, params, out, force, batch_size, device):
+    import torch
+
+    from .checkpoints import CheckpointError
+    from .data import DataNotFoundError
+    from .registry import UnknownNameError
+    from .runner import RunFailed, run_cell
+
+    try:
+        with _progress() as progress:
+            return run_cell(backbone, task, weights=weights, data=data, data_root=data_root, mini_size=mini_size,
+                            seed=seed, params=params, out_dir=out, force=force, batch_size=batch_size,
+                            device=torch.device(device) if device else None, progress=progress)
+    except (UnknownNameError, DataNotFoundError, CheckpointError, ValueError) as exc:
+        _fail(str(exc))
+    except RunFailed as exc:
+        _fail(f"{exc} (record: {exc.path})", code=1)
+
+
+def _print_record(result) -> None:
+    rec = result.record
+    title = f"{rec.backbone['name']} × {rec.task['label']} ({rec.data['source']} data)"
+    table = Table(title=title + ("  [dim]— already done, skipped (use --force)[/]" if result.skipped else ""))
+    for col in ("metric", "split", "value"):
+        table.add_column(col, justify="right" if col == "value" else "left")
+    for m in rec.metrics:
+        name = f"[bold]{m['name']}[/]" if m["primary"] else m["name"]
+        table.add_row(name, m["split"], f"{m['value']:.4g}")
+    console.print(table)
+    if rec.selected:
+        console.print(f"selected: {rec.selected}", highlight=False)
+    console.print(f"record: {result.path}", highlight=False)
+
+
+@app.command()
+def run(
+    backbone: str = typer.Option(..., "--backbone", "-b", help="Registered backbone name."),
+    task: str = typer.Option(..., "--task", "-t", help="Registered task name."),
+    weights: Optional[str] = typer.Option(None, help="PATH, hf-hub:REPO or 'random' (default: the official file)."),
+    data: str = typer.Option("real", help="'real' or 'mini' (generated offline data)."),
+    data_root: Optional[Path] = typer.Option(None, help="The dataset folder (else config file / $EVALSUITE_DATA_ROOT)."),
+    mini_size: str = typer.Option("small", help="Mini-world size: small|medium|large."),
+    protocol: Optional[str] = typer.Option(None, help="Task protocol variant."),
+    head: Optional[str] = typer.Option(None, help="Head variant of dense tasks."),
+    param: List[str] = typer.Option([], "--param", "-p", help="Protocol parameter KEY=VALUE (repeatable)."),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("results/runs"), help="Folder of result records."),
+    force: bool = typer.Option(False, help="Re-run a cell that already has a finished record."),
+    batch_size: int = typer.Option(64, help="Feature-extraction batch size."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 … (default: cuda if available)."),
+):
+    """Evaluate one backbone on one task and write a result record."""
+    params = _parse_params(param)
+    for key, value in (("protocol", protocol), ("head", head)):
+        if value is not None:
+            params[key] = value
+    if data == "mini" and data_root is not None:
+        _fail("--data mini and --data-root exclude each other")
+    result = _run_one(backbone, task, weights=weights, data=data, data_root=data_root, mini_size=mini_size,
+                      seed=seed, params=params, out=out, force=force, batch_size=batch_size, device=device)
+    _print_record(result)
+
+
+@app.command()
+def leaderboard(
+    results: Path = typer.Argument(Path("results/runs"), help="Folder of records or a tidy CSV."),
+    format: str = typer.Option("table", "--format", "-f", help="table|csv|md|html"),
+    tidy_csv: Optional[Path] = typer.Option(None, help="Also write the tidy long CSV here."),
+):
+    """Pivot backbone × task of primary metrics; mini-world results in their own table."""
+    from .leaderboard import latest, load_tidy, pivots, render
+
+    try:
+        frame = load_tidy(results)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    if tidy_csv is not None:
+        latest(frame).to_csv(tidy_csv, index=False)
+    tables = pivots(frame)
+    if not tables:
+        _fail(f"no finished results in {results}", code=1)
+    if format == "table":
+        _print_pivots(tables)
+    elif format in ("csv", "md", "html"):
+        sys.stdout.write(render(tables, format) + "\n")
+    else:
+        _fail(f"unknown format {format!r}: table|csv|md|html")
+
+
+def _print_pivots(tables) -> None:
+    titles = {"real": "Real data", "mini": "Mini world — generated data, not comparable to published numbers"}
+    for source, table in tables.items():
+        out = Table(title=titles[source])
+        out.add_column("backbone")
+        for col in table.columns:
+            out.add_column(col, justify="right")
+        for name, row in table.iterrows():
+            out.add_row(name, *("—" if v != v else f"{v:.4g}" for v in row))
+        console.print(out)
+
+
+@app.command()
+def compare(a: Path = typer.Argument(..., help="Results A (folder or CSV)."),
+            b: Path = typer.Argument(..., help="Results B (folder or CSV).")):
+    """Per-task, per-metric deltas B − A; the better side follows each metric's direction."""
+    from .leaderboard import compare as compare_frames, load_tidy
+
+    try:
+        table = compare_frames(load_tidy(a), load_tidy(b))
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    out = Table(title=f"A = {a}   B = {b}")
+    for col in table.columns:
+        out.add_column(str(col))
+    marks = {"a": "[red]A[/]", "b": "[green]B[/]", "=": "=", "?": "?"}
+    for _, row in table.iterrows():
+        cells = ["—" if isinstance(v, float) and v != v else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
+        cells[-1] = marks[row["better"]]
+        out.add_row(*cells)
+    console.print(out)
+
+
+@app.command()
+def check(
+    results: Path = typer.Argument(Path("results/runs"), help="Folder of records or a tidy CSV."),
+    baseline: Path = typer.Option(Path("results/baseline.csv"), help="Baseline tidy CSV."),
+    tolerance: Optional[float] = typer.Option(None, help="Override every task's tolerance."),
+):
+    """Exit 1 if a primary metric regressed beyond tolerance or a baseline cell is missing."""
+    from .leaderboard import check as check_frames, load_tidy
+
+    try:
+        result = check_frames(load_tidy(baseline), load_tidy(results), tolerance)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    out = Table(title=f"check against {baseline}")
+    for col in result.table.columns:
+        out.add_column(str(col))
+    style = {"ok": "green", "regressed": "bold red", "missing": "bold yellow"}
+    for _, row in result.table.iterrows():
+        cells = ["—" if isinstance(v, float) and v != v else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
+        cells[-1] = f"[{style[row['status']]}]{row['status']}[/]"
+        out.add_row(*cells)
+    console.print(out)
+    if not result.ok:
+        err.print(f"[bold red]FAILED[/]: {len(result.regressions)} regressed, {len(result.missing)} missing")
+        raise typer.Exit(1)
+    console.print("[green]OK[/]: no primary metric moved beyond tolerance")
+
+
+@app.command("list")
+def list_(what: str = typer.Argument(..., help="backbones | tasks | mini")):
+    """List registered backbones, tasks or mini datasets."""
+    if what == "backbones":
+        _list_backbones()
+    elif what == "tasks":
+        _list_tasks()
+    elif what == "mini":
+        from .registry import MINI_DATASETS
+
+        for name in MINI_DATASETS.names():
+            spec = MINI_DATASETS.get(name)
+            console.print(f"{name}  v{spec.version}  {spec.description}", highlight=False)
+    else:
+        _fail(f"unknown list {what!r}: backbones | tasks | mini")
+
+
+def _list_backbones() -> None:
+    from .checkpoints import BackboneSpec, resolve_weights
+    from .registry import BACKBONES
+
+    table = Table(title="backbones")
+    for col in ("name", "family", "params", "patch", "width", "depth", "CLS", "dense layers", "weights"):
+        table.add_column(col, justify="right" if col in ("params", "patch", "width", "depth", "CLS") else "left")
+    import torch
+
+    for name in BACKBONES.names():
+        spec = BACKBONES.get(name)
+        if not isinstance(spec, BackboneSpec):
+            table.add_row(name, "plugin", *[""] * 7)
+            continue
+        with torch.device("meta"):
+            meta = spec.build().meta
+        try:
+            path = resolve_weights(spec, None)
+            weights = "random" if path is None else "found"
+        except Exception:  # noqa: BLE001 - listing never fails for a missing file
+            weights = f"[dim]missing ({spec.weights_file})[/]"
+        table.add_row(name, spec.family, f"{meta.num_params / 1e6:.2f}M", str(meta.patch_size), str(meta.embed_dim),
+                      str(meta.depth), str(meta.num_cls_tokens), ",".join(map(str, meta.default_layers)), weights)
+    console.print(table)
+
+
+def _list_tasks() -> None:
+    from .registry import TASKS
+
+    table = Table(title="tasks")
+    for col in ("name", "version", "family", "primary", "variants", "dataset", "mini"):
+        table.add_column(col)
+    for name in TASKS.names():
+        spec = TASKS.get(name).spec
+        variants = "; ".join(f"{k}: {'|'.join(map(str, spec.choices.get(k, ())))}" for k in spec.variant_keys)
+        table.add_row(name, str(spec.version), spec.family, f"{spec.primary_metric} {'↑' if spec.higher_is_better else '↓'}",
+                      variants, spec.dataset, spec.mini_dataset or "—")
+    console.print(table)
+
+
+@app.command()
+def quickstart(
+    out: Path = typer.Option(Path("results/quickstart"), help="Folder of result records."),
+    force: bool = typer.Option(False, help="Re-run cells that already have records."),
+):
+    """The main job on the mini world: every task with mini data × the tiny backbones, then the leaderboard."""
+    from .leaderboard import load_tidy, pivots
+    from .registry import TASKS
+
+    tasks = [name for name in TASKS.names() if TASKS.get(name).spec.mini_dataset]
+    for task in tasks:
+        spec = TASKS.get(task).spec
+        variants = [dict(zip(spec.variant_keys, combo)) for combo in _variant_combos(spec)]
+        for backbone in TINY_BACKBONES:
+            for params in variants:
+                result = _run_one(backbone, task, weights="random", data="mini", data_root=None, mini_size="small",
+                                  seed=0, params=params, out=out, force=force, batch_size=64, device=None)
+                value = next(m["value"] for m in result.record.metrics if m["primary"])
+                state = "cached" if result.skipped else f"{result.record.timings['total_s']:.1f}s"
+                console.print(f"{backbone:>12} × {result.record.task['label']:<20} {value:8.3f}  ({state})", highlight=False)
+    _print_pivots(pivots(load_tidy(out)))
+
+
+def _variant_combos(spec):
+    import itertools
+
+    options = [spec.choices.get(k, (spec.params[k],)) for k in spec.variant_keys]
+    return list(itertools.product(*options))
+
+
+@data_app.command("make-mini")
+def make_mini(
+    names: List[str] = typer.Argument(None, help="Mini datasets to generate (default: all)."),
+    size: str = typer.Option("small", help="small|medium|large"),
+    seed: int = typer.Option(0),
+    force: bool = typer.Option(False, help="Regenerate even if cached."),
+):
+    """Generate (or find cached) mini datasets and print where they are."""
+    import json
+
+    from .data import MANIFEST
+    from .mini import ensure_mini
+    from .registry import MINI_DATASETS, UnknownNameError
+
+    for name in names or MINI_DATASETS.names():
+        try:
+            path = ensure_mini(name, size, seed, force=force)  # type: ignore[arg-type]
+        except (UnknownNameError, ValueError) as exc:
+            _fail(str(exc))
+        manifest = json.loads((path / MANIFEST).read_text())
+        console.print(f"{name}: {path}  ({len(manifest['files'])} files, sha256 {manifest['sha256'][:12]})", highlight=False)
+
+
+if __name__ == "__main__":
+    app()

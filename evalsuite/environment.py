@@ -1,0 +1,47 @@
+"""Provenance helpers: code version, git state and the software/hardware a run used."""
+
+from __future__ import annotations
+
+import platform
+import random
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def git_state() -> tuple[str | None, bool | None]:
+    """(sha, dirty) of the checkout evalsuite runs from, or (None, None) for an installed wheel."""
+    src = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
+                                capture_output=True, text=True, check=True).stdout
+        return sha, bool(status.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return None, None
+
+
+def environment(device: torch.device, amp_dtype: torch.dtype | None) -> dict:
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "dtype": str(amp_dtype or torch.float32).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,163 @@
+"""Records → tidy table → leaderboards, checkpoint comparisons and the CI regression check.
+
+The tidy table has one row per (record, metric). Mini-world results and real-data results are
+kept apart everywhere: different tables in a leaderboard, different cells in compare/check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .records import iter_records
+
+TIDY_COLUMNS = [
+    "data", "task", "task_version", "backbone", "weights", "seed", "metric", "split", "value",
+    "higher_is_better", "primary", "tolerance", "run_id", "finished_at",
+]
+CELL = ["data", "task", "backbone", "metric"]
+
+
+def load_tidy(source: str | Path) -> pd.DataFrame:
+    """A tidy frame from a folder of records or a tidy CSV; failed runs never contribute."""
+    source = Path(source)
+    if source.is_file():
+        frame = pd.read_csv(source)
+        missing = sorted(set(CELL + ["value", "higher_is_better", "primary"]) - set(frame.columns))
+        if missing:
+            raise ValueError(f"{source} is not an evalsuite results CSV: missing columns {missing}")
+        return frame
+    if not source.is_dir():
+        raise FileNotFoundError(f"no results at {source}")
+    rows = []
+    for _, rec in iter_records(source):
+        if rec.status != "ok":
+            continue
+        for m in rec.metrics:
+            rows.append({
+                "data": rec.data["source"], "task": rec.task["label"], "task_version": rec.task["version"],
+                "backbone": rec.backbone["name"], "weights": rec.backbone["weights"], "seed": rec.seed,
+                "metric": m["name"], "split": m["split"], "value": m["value"],
+                "higher_is_better": m["higher_is_better"], "primary": m["primary"],
+                "tolerance": rec.task["tolerance"], "run_id": rec.run_id, "finished_at": rec.finished_at,
+            })
+    return pd.DataFrame(rows, columns=TIDY_COLUMNS)
+
+
+def latest(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep the newest run of every (cell, seed, weights): re-runs replace, seeds add up."""
+    if frame.empty or "finished_at" not in frame:
+        return frame
+    keys = CELL + ["seed", "weights", "task_version"]
+    return frame.sort_values("finished_at").drop_duplicates(keys, keep="last")
+
+
+def cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean (± std over seeds) per cell."""
+    if frame.empty:
+        return pd.DataFrame(columns=CELL + ["value", "std", "n", "higher_is_better", "primary", "tolerance"])
+    extra = {"tolerance": ("tolerance", "first")} if "tolerance" in frame else {}
+    grouped = frame.groupby(CELL, as_index=False).agg(
+        value=("value", "mean"), std=("value", "std"), n=("value", "size"),
+        higher_is_better=("higher_is_better", "first"), primary=("primary", "first"), **extra,
+    )
+    return grouped
+
+
+def pivots(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """One backbone × task table of primary metrics per data source ('real', 'mini')."""
+    primary = cells(latest(frame))
+    primary = primary[primary["primary"].astype(bool)]
+    tables = {}
+    for source in ("real", "mini"):
+        part = primary[primary["data"] == source]
+        if part.empty:
+            continue
+        part = part.assign(column=part["task"] + " · " + part["metric"] + _arrow(part["higher_is_better"]))
+        tables[source] = part.pivot_table(index="backbone", columns="column", values="value", aggfunc="first")
+    return tables
+
+
+def _arrow(higher: pd.Series) -> pd.Series:
+    return higher.astype(bool).map({True: " ↑", False: " ↓"})
+
+
+def render(tables: dict[str, pd.DataFrame], fmt: str) -> str:
+    titles = {"real": "Real data", "mini": "Mini world (generated data — not comparable to published numbers)"}
+    out = []
+    for source, table in tables.items():
+        shown = table.round(4)
+        if fmt == "md":
+            out.append(f"## {titles[source]}\n\n{_markdown(shown)}\n")
+        elif fmt == "html":
+            out.append(f"<h2>{titles[source]}</h2>\n{shown.to_html(na_rep='—')}")
+        elif fmt == "csv":
+            out.append(shown.assign(data=source).reset_index().to_csv(index=False))
+        else:
+            raise ValueError(f"unknown format {fmt!r}")
+    return "\n".join(out)
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    header = [table.index.name or "", *map(str, table.columns)]
+    rows = [[str(idx), *("—" if pd.isna(v) else f"{v:g}" for v in row)] for idx, row in zip(table.index, table.to_numpy())]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# compare and check
+# ---------------------------------------------------------------------------------------
+def compare(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """Per (data, task, metric[, backbone]) deltas b − a, with the better side named.
+
+    When the two sides share backbone names the comparison is per backbone; when they do not
+    (two checkpoints of one model under different names) it is per task.
+    """
+    ca, cb = cells(latest(a)), cells(latest(b))
+    keys = CELL if set(ca["backbone"]) & set(cb["backbone"]) else ["data", "task", "metric"]
+    if keys != CELL:
+        for c in (ca, cb):
+            dup = c.duplicated(keys)
+            if dup.any():
+                raise ValueError("each side has several backbones per task and no backbone names in common: nothing to pair")
+    merged = ca.merge(cb, on=keys, how="outer", suffixes=("_a", "_b"))
+    merged["higher_is_better"] = merged["higher_is_better_a"].fillna(merged["higher_is_better_b"]).astype(bool)
+    merged["delta"] = merged["value_b"] - merged["value_a"]
+    sign = merged["higher_is_better"].map({True: 1.0, False: -1.0})
+    gain = merged["delta"] * sign
+    merged["better"] = gain.map(lambda g: "b" if g > 0 else "a" if g < 0 else ("=" if g == 0 else "?"))
+    cols = keys + [c for c in ("backbone_a", "backbone_b") if c in merged] + ["value_a", "value_b", "delta", "higher_is_better", "better"]
+    return merged[cols].sort_values(keys).reset_index(drop=True)
+
+
+@dataclass
+class CheckResult:
+    table: pd.DataFrame
+    regressions: pd.DataFrame
+    missing: pd.DataFrame
+
+    @property
+    def ok(self) -> bool:
+        return self.regressions.empty and self.missing.empty
+
+
+def check(baseline: pd.DataFrame, current: pd.DataFrame, tolerance: float | None = None) -> CheckResult:
+    """Primary metrics of ``current`` against ``baseline``: regressions beyond tolerance or missing cells fail."""
+    base = cells(latest(baseline))
+    base = base[base["primary"].astype(bool)]
+    cur = cells(latest(current))
+    merged = base.merge(cur[CELL + ["value"]], on=CELL, how="left", suffixes=("_base", ""))
+    tol = merged["tolerance"] if tolerance is None and "tolerance" in merged else pd.Series(tolerance or 0.0, index=merged.index)
+    sign = merged["higher_is_better"].astype(bool).map({True: 1.0, False: -1.0})
+    merged["delta"] = merged["value"] - merged["value_base"]
+    merged["tolerance"] = tol.fillna(0.0)
+    merged["status"] = "ok"
+    worse = (merged["delta"] * sign) < -merged["tolerance"]
+    merged.loc[worse, "status"] = "regressed"
+    merged.loc[merged["value"].isna(), "status"] = "missing"
+    table = merged[CELL + ["value_base", "value", "delta", "tolerance", "higher_is_better", "status"]]
+    return CheckResult(table, table[table["status"] == "regressed"], table[table["status"] == "missing"])

@@ -1,0 +1,121 @@
+"""One generic registry for backbones, tasks, heads and mini datasets.
+
+Entries come from three places, all resolved lazily so that `evalsuite --help`
+imports nothing heavy:
+
+* ``@REGISTRY.register("name")`` in a module of a *discovery package*
+  (``backbones``, ``tasks``): the package's modules are imported the first time
+  the registry is queried;
+* ``REGISTRY.register_lazy("name", "module:attr")``: imported on first ``get``;
+* Python entry points (``[project.entry-points."evalsuite.backbones"]``): an
+  installed third-party package adds ``name = "pkg.module:factory"`` and the
+  factory is imported only when that name is used.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+from importlib.metadata import entry_points
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError):
+    """A name that is not registered; the message suggests the closest names."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str, discover: tuple[str, ...] = (), entry_point_group: str | None = None):
+        self.kind = kind
+        self._discover = discover
+        self._group = entry_point_group
+        self._entries: dict[str, T] = {}
+        self._lazy: dict[str, str] = {}
+        self._discovered = False
+
+    # -- registration -------------------------------------------------------------------
+    def register(self, name: str, obj: T | None = None) -> Any:
+        """Register ``obj`` under ``name``; used bare or as a decorator."""
+        if obj is not None:
+            self._add(name, obj)
+            return obj
+
+        def decorator(fn: T) -> T:
+            self._add(name, fn)
+            return fn
+
+        return decorator
+
+    def register_lazy(self, name: str, target: str) -> None:
+        """Register ``"module:attr"``, imported only when ``name`` is first used."""
+        if ":" not in target:
+            raise ValueError(f"lazy {self.kind} target must be 'module:attr', got {target!r}")
+        if name in self._entries or name in self._lazy:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        self._lazy[name] = target
+
+    def _add(self, name: str, obj: T) -> None:
+        existing = self._entries.get(name)
+        if existing is not None and existing is not obj:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        self._lazy.pop(name, None)
+        self._entries[name] = obj
+
+    # -- lookup -------------------------------------------------------------------------
+    def _ensure_discovered(self) -> None:
+        if self._discovered:
+            return
+        self._discovered = True
+        for package_name in self._discover:
+            package = importlib.import_module(package_name)
+            for info in pkgutil.iter_modules(package.__path__):
+                if not info.name.startswith("_"):
+                    importlib.import_module(f"{package_name}.{info.name}")
+        if self._group:
+            for ep in entry_points(group=self._group):
+                if ep.name not in self._entries and ep.name not in self._lazy:
+                    self._lazy[ep.name] = ep.value
+
+    def names(self) -> list[str]:
+        self._ensure_discovered()
+        return sorted({*self._entries, *self._lazy})
+
+    def __contains__(self, name: str) -> bool:
+        self._ensure_discovered()
+        return name in self._entries or name in self._lazy
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def get(self, name: str) -> T:
+        self._ensure_discovered()
+        if name in self._entries:
+            return self._entries[name]
+        if name in self._lazy:
+            module_name, _, attr = self._lazy[name].partition(":")
+            obj = importlib.import_module(module_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+            self._add(name, obj)  # type: ignore[arg-type]
+            return obj  # type: ignore[return-value]
+        raise UnknownNameError(self._unknown_message(name))
+
+    def _unknown_message(self, name: str) -> str:
+        known = self.names()
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        return f"unknown {self.kind} {name!r}.{hint} Run `evalsuite list {self.kind}s` to see all."
+
+
+Factory = Callable[..., Any]
+
+BACKBONES: Registry[Factory] = Registry("backbone", ("backbones",), "evalsuite.backbones")
+TASKS: Registry[Factory] = Registry("task", ("tasks",), "evalsuite.tasks")
+HEADS: Registry[Factory] = Registry("head", ("tasks",))
+MINI_DATASETS: Registry[Factory] = Registry("mini dataset", ("evalsuite.mini",))

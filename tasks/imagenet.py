@@ -1,0 +1,190 @@
+"""ImageNet-1k classification on frozen features: the DINOv2 linear sweep and weighted k-NN.
+
+Data: ImageFolder ``train/<wnid>/*`` and ``val/<wnid>/*``; eval transform = the backbone's own
+preprocessing (Resize 256 + CenterCrop 224 bicubic for MAE/DINO, squash 256 for Pixio).
+
+Linear protocol (DINOv2): 52 heads = n_last_blocks {1, 4} × avgpool {no, yes} × 13 learning
+rates, all trained together in one pass over the extracted features (SGD momentum 0.9, cosine,
+lr × batch/256). Unlike DINOv2, the head is chosen on a seeded held-out slice of train and
+val is evaluated once, for that head only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchvision.datasets import ImageFolder
+
+from evalsuite.contracts import Backbone, Metric, RunContext, TaskOutput, TaskSpec
+from evalsuite.data import DataNotFoundError
+from evalsuite.features import extract
+from evalsuite.metrics import knn_classify, topk_accuracy
+from evalsuite.registry import TASKS
+
+LINEAR_LRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
+KNN_KS = (10, 20, 100, 200)
+N_LAST = 4  # CLS of the last 4 blocks are extracted; heads read the last 1 or all 4
+
+SPEC = TaskSpec(
+    name="imagenet", version=1, family="classification", primary_metric="top1", higher_is_better=True,
+    tolerance=0.5, selection_split="train (held-out slice)", report_split="val", dataset="imagenet",
+    mini_dataset="imagenet-mini",
+    params={"protocol": "linear", "epochs": 10, "batch_size": 1024, "heldout_fraction": 0.1,
+            "knn_temperature": 0.07, "knn_primary_k": 20},
+    mini_params={"epochs": 100, "batch_size": 128},
+    choices={"protocol": ("linear", "knn")},
+    variant_keys=("protocol",),
+    description="ImageNet-1k top-1/top-5 from frozen features (DINOv2 linear sweep or k-NN)",
+)
+
+
+def load_split(root: Path, split: str, transform) -> ImageFolder:
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise DataNotFoundError(f"ImageNet split {split!r} not found at {folder}: expected ImageFolder {split}/<class>/*.JPEG")
+    return ImageFolder(str(folder), transform=transform)
+
+
+def linear_features(backbone: Backbone, images: torch.Tensor) -> torch.Tensor:
+    """B×(N_LAST+1)×D: the mean CLS token of each of the last 4 blocks, then the mean patch token."""
+    depth = backbone.meta.depth
+    feats = backbone.forward_features(images, layers=range(depth - N_LAST, depth), norm=True)
+    cls = [c.mean(dim=1) for c in feats.cls]
+    return torch.stack([*cls, feats.patch[-1].mean(dim=(2, 3))], dim=1)
+
+
+# ---------------------------------------------------------------------------------------
+# The multi-head linear sweep
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HeadConfig:
+    n_blocks: int
+    avgpool: bool
+    lr: float
+
+    def inputs(self, feats: torch.Tensor) -> torch.Tensor:
+        parts = [feats[:, N_LAST - self.n_blocks : N_LAST].flatten(1)]
+        if self.avgpool:
+            parts.append(feats[:, N_LAST])
+        return torch.cat(parts, dim=1)
+
+
+def dinov2_grid() -> list[HeadConfig]:
+    return [HeadConfig(n, pool, lr) for n in (1, N_LAST) for pool in (False, True) for lr in LINEAR_LRS]
+
+
+def train_linear_heads(
+    feats: torch.Tensor, labels: torch.Tensor, num_classes: int, configs: list[HeadConfig], *,
+    epochs: int, batch_size: int, seed: int, momentum: float = 0.9,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Train every head in one pass over ``feats``; returns (W Din×C, b C) per config.
+
+    Heads that read the same input share one batched weight tensor (heads × Din × C) and one
+    matmul per step. A head's init and batch order depend only on (seed, its input), so it
+    ends where the same head trained alone would.
+    """
+    groups: dict[tuple[int, bool], list[int]] = {}
+    for i, c in enumerate(configs):
+        groups.setdefault((c.n_blocks, c.avgpool), []).append(i)
+    params = {}
+    for (n, pool), idx in groups.items():
+        din = HeadConfig(n, pool, 0).inputs(feats[:1]).shape[1]
+        gen = torch.Generator().manual_seed(seed * 1009 + n * 2 + int(pool))
+        w0 = torch.randn(din, num_classes, generator=gen) * 0.01
+        W = w0.expand(len(idx), -1, -1).clone().requires_grad_(True)
+        b = torch.zeros(len(idx), num_classes, requires_grad=True)
+        lrs = torch.tensor([configs[i].lr * batch_size / 256 for i in idx])
+        params[(n, pool)] = (W, b, lrs, [torch.zeros_like(W), torch.zeros_like(b)])
+    n_samples = feats.shape[0]
+    batch_size = min(batch_size, n_samples)
+    steps_per_epoch = math.ceil(n_samples / batch_size)
+    total, step = epochs * steps_per_epoch, 0
+    order_gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(n_samples, generator=order_gen)
+        for start in range(0, n_samples, batch_size):
+            batch = perm[start : start + batch_size]
+            x_all, y = feats[batch], labels[batch]
+            scale = 0.5 * (1 + math.cos(math.pi * step / total))
+            for (n, pool), (W, b, lrs, bufs) in params.items():
+                x = HeadConfig(n, pool, 0).inputs(x_all)
+                logits = torch.einsum("bd,hdc->hbc", x, W) + b[:, None]
+                loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(W.shape[0]), reduction="sum") / len(batch)
+                gW, gb = torch.autograd.grad(loss, (W, b))
+                with torch.no_grad():
+                    for p, g, buf, shape in ((W, gW, bufs[0], (-1, 1, 1)), (b, gb, bufs[1], (-1, 1))):
+                        buf.mul_(momentum).add_(g)
+                        p.sub_(buf * (lrs * scale).view(shape))
+            step += 1
+    out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(configs)
+    for key, idx in groups.items():
+        W, b = params[key][0].detach(), params[key][1].detach()
+        for j, i in enumerate(idx):
+            out[i] = (W[j], b[j])
+    return out  # type: ignore[return-value]
+
+
+def heldout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded (fit, held-out) index split of the training set; held-out is never empty."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
+    n_held = max(1, int(round(n * fraction)))
+    return perm[n_held:], perm[:n_held]
+
+
+def select_and_report(
+    configs: list[HeadConfig], heads, sel_x, sel_y, rep_x, rep_y
+) -> tuple[int, float, dict[int, float]]:
+    """Pick the head with the best top-1 on the selection split, then evaluate it on the report split."""
+    sel_acc = [topk_accuracy(c.inputs(sel_x) @ W + b, sel_y, ks=(1,))[1] for c, (W, b) in zip(configs, heads)]
+    best = max(range(len(configs)), key=lambda i: (sel_acc[i], -i))
+    W, b = heads[best]
+    return best, sel_acc[best], topk_accuracy(configs[best].inputs(rep_x) @ W + b, rep_y, ks=(1, 5))
+
+
+class ImageNetTask:
+    spec = SPEC
+
+    def run(self, backbone: Backbone, spec: TaskSpec, ctx: RunContext) -> TaskOutput:
+        p = spec.params
+        transform = backbone.meta.preprocess.transform()
+        train, val = load_split(ctx.data_root, "train", transform), load_split(ctx.data_root, "val", transform)
+        if train.classes != val.classes:
+            raise ValueError("train and val have different class folders")
+        num_classes = len(train.classes)
+        if p["protocol"] == "knn":
+            return self._knn(backbone, spec, ctx, train, val, num_classes)
+        feats, labels = extract(backbone, train, ctx, linear_features, "train features")
+        val_feats, val_labels = extract(backbone, val, ctx, linear_features, "val features")
+        fit, held = heldout_split(len(labels), p["heldout_fraction"], ctx.seed)
+        configs = dinov2_grid()
+        heads = train_linear_heads(feats[fit], labels[fit], num_classes, configs,
+                                   epochs=p["epochs"], batch_size=p["batch_size"], seed=ctx.seed)
+        best, held_top1, acc = select_and_report(configs, heads, feats[held], labels[held], val_feats, val_labels)
+        return TaskOutput(
+            metrics=[
+                Metric("top1", 100 * acc[1], "val", True, primary=True),
+                Metric("top5", 100 * acc[5], "val", True),
+                Metric("heldout_top1", 100 * held_top1, "train-heldout", True),
+            ],
+            selected={**asdict(configs[best]), "num_heads": len(configs)},
+        )
+
+    def _knn(self, backbone, spec, ctx, train, val, num_classes) -> TaskOutput:
+        reduce = lambda model, images: model.knn_embedding(images)  # noqa: E731
+        feats, labels = extract(backbone, train, ctx, reduce, "train features")
+        val_feats, val_labels = extract(backbone, val, ctx, reduce, "val features")
+        scores = knn_classify(feats, labels, val_feats, num_classes, KNN_KS, spec.params["knn_temperature"])
+        primary_k = spec.params["knn_primary_k"]
+        metrics = [
+            Metric(f"top1_k{k}" if k != primary_k else "top1", 100 * topk_accuracy(s, val_labels, (1,))[1], "val",
+                   True, primary=k == primary_k)
+            for k, s in scores.items()
+        ]
+        return TaskOutput(metrics=metrics, selected={"k": primary_k, "temperature": spec.params["knn_temperature"]})
+
+
+TASKS.register("imagenet", ImageNetTask)
