@@ -8,7 +8,6 @@ antialiasing for the register models.
 
 from __future__ import annotations
 
-import re
 from functools import partial
 
 import torch
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 from evalsuite.checkpoints import BackboneSpec, register_backbone
 from evalsuite.contracts import BackboneMeta
 
-from .vit import ViT, preprocess_imagenet
+from .vit import from_transformers, is_transformers_layout, ViT, preprocess_imagenet
 
 
 def resample_offset(grid: torch.Tensor, size: tuple[int, int], offset: float = 0.1) -> torch.Tensor:
@@ -37,63 +36,34 @@ class DINOv2(ViT):
 
 
 def convert(state: dict) -> dict:
-    state = state.get("teacher", state.get("model", state))
+    state = state.get("model", state)
+    if is_transformers_layout(state):
+        return from_transformers(state, ("dinov2.",))
     if any(k.startswith("encoder.") for k in state):
         return {k.removeprefix("encoder."): v for k, v in state.items()}
-    if any(k.startswith("embeddings.") for k in state):
-        return _from_transformers(dict(state))
     return dict(state)
 
 
-def _from_transformers(hf: dict) -> dict:
-    out = {
-        "cls_token": hf.pop("embeddings.cls_token"),
-        "mask_token": hf.pop("embeddings.mask_token").reshape(1, -1),
-        "pos_embed": hf.pop("embeddings.position_embeddings"),
-        "patch_embed.proj.weight": hf.pop("embeddings.patch_embeddings.projection.weight"),
-        "patch_embed.proj.bias": hf.pop("embeddings.patch_embeddings.projection.bias"),
-        "norm.weight": hf.pop("layernorm.weight"),
-        "norm.bias": hf.pop("layernorm.bias"),
-    }
-    if "embeddings.register_tokens" in hf:
-        out["register_tokens"] = hf.pop("embeddings.register_tokens")
-    names = {"norm1": "norm1", "norm2": "norm2", "attention.output.dense": "attn.proj",
-             "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2", "mlp.weights_in": "mlp.w12", "mlp.weights_out": "mlp.w3"}
-    blocks = sorted({int(m.group(1)) for k in hf if (m := re.match(r"encoder\.layer\.(\d+)\.", k))})
-    for i in blocks:
-        src, dst = f"encoder.layer.{i}.", f"blocks.{i}."
-        for kind in ("weight", "bias"):
-            qkv = [hf.pop(f"{src}attention.attention.{q}.{kind}") for q in ("query", "key", "value")]
-            out[f"{dst}attn.qkv.{kind}"] = torch.cat(qkv)
-            for a, b in names.items():
-                if f"{src}{a}.{kind}" in hf:
-                    out[f"{dst}{b}.{kind}"] = hf.pop(f"{src}{a}.{kind}")
-        out[f"{dst}ls1.gamma"] = hf.pop(f"{src}layer_scale1.lambda1")
-        out[f"{dst}ls2.gamma"] = hf.pop(f"{src}layer_scale2.lambda1")
-    out.update(hf)
-    return out
-
-
-def _spec(name: str, dim: int, depth: int, heads: int, registers: int, swiglu: bool, file: str | None,
+def make_spec(name: str, dim: int, depth: int, heads: int, registers: int, swiglu: bool, file: str | None,
           hf: str | None, patch: int = 14, img_size: int = 518, eval_size: int = 224) -> BackboneSpec:
     meta = BackboneMeta(name=name, family="dinov2", patch_size=patch, embed_dim=dim, depth=depth, num_cls_tokens=1,
                         preprocess=preprocess_imagenet(eval_size), default_layers=tuple(range(depth - 4, depth)))
     resample = resample_antialias if registers else partial(resample_offset, offset=0.1)
-    return register_backbone(BackboneSpec(
+    return BackboneSpec(
         name=name, family="dinov2",
         build=lambda: DINOv2(meta, img_size=img_size, num_heads=heads, num_register_tokens=registers,
                              resample=resample, init_values=1e-5, swiglu=swiglu, mask_token=True),
         convert=convert, weights_file=file, hf_repo=hf, random_by_default=file is None,
-    ))
+    )
 
 
 _HF_NAMES = {"s": "small", "b": "base", "l": "large", "g": "giant"}
 for _size, (_dim, _depth, _heads, _swiglu) in {
     "s": (384, 12, 6, False), "b": (768, 12, 12, False), "l": (1024, 24, 16, False), "g": (1536, 40, 24, True),
 }.items():
-    _spec(f"dinov2-{_size}14", _dim, _depth, _heads, 0, _swiglu, f"dinov2_vit{_size}14_pretrain.pth",
-          f"facebook/dinov2-{_HF_NAMES[_size]}")
-    _spec(f"dinov2-{_size}14-reg", _dim, _depth, _heads, 4, _swiglu, f"dinov2_vit{_size}14_reg4_pretrain.pth",
-          f"facebook/dinov2-with-registers-{_HF_NAMES[_size]}")
+    register_backbone(make_spec(f"dinov2-{_size}14", _dim, _depth, _heads, 0, _swiglu, f"dinov2_vit{_size}14_pretrain.pth",
+          f"facebook/dinov2-{_HF_NAMES[_size]}"))
+    register_backbone(make_spec(f"dinov2-{_size}14-reg", _dim, _depth, _heads, 4, _swiglu, f"dinov2_vit{_size}14_reg4_pretrain.pth",
+          f"facebook/dinov2-with-registers-{_HF_NAMES[_size]}"))
 
-_spec("dino-tiny", 192, 8, 3, 0, False, None, None, patch=8, img_size=128, eval_size=128)
+register_backbone(make_spec("dino-tiny", 192, 8, 3, 0, False, None, None, patch=8, img_size=128, eval_size=128))

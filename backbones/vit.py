@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from functools import partial
 from typing import Callable, Sequence
 
@@ -172,3 +173,75 @@ def _on_meta() -> bool:
 
 def preprocess_imagenet(size: int, resize: str = "resize-crop") -> Preprocess:
     return Preprocess(size=(size, size), resize=resize, resize_size=int(math.floor(size * 256 / 224)))
+
+
+# ---------------------------------------------------------------------------------------
+# transformers layout → ours (for ``hf-hub:`` weights and parity tests)
+# ---------------------------------------------------------------------------------------
+_HF_EMBEDDINGS = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.register_tokens": "register_tokens",
+    "embeddings.mask_token": "mask_token",
+    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+    "layernorm.weight": "norm.weight",
+    "layernorm.bias": "norm.bias",
+}
+# Block parameters under transformers 5.x names and the 4.x names that hub files still carry.
+_HF_BLOCK = {
+    "layernorm_before": "norm1", "norm1": "norm1", "layernorm_after": "norm2", "norm2": "norm2",
+    "attention.o_proj": "attn.proj", "attention.output.dense": "attn.proj",
+    "mlp.fc1": "mlp.fc1", "intermediate.dense": "mlp.fc1", "mlp.fc2": "mlp.fc2", "output.dense": "mlp.fc2",
+    "mlp.weights_in": "mlp.w12", "mlp.weights_out": "mlp.w3",
+    "layer_scale1.lambda1": "ls1.gamma", "layer_scale2.lambda1": "ls2.gamma",
+}
+_HF_QKV = (("attention.q_proj", "attention.k_proj", "attention.v_proj"),
+           ("attention.attention.query", "attention.attention.key", "attention.attention.value"))
+_HF_LAYER = re.compile(r"(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
+
+
+def is_transformers_layout(state: dict) -> bool:
+    return any(k.split(".", 1)[-1].startswith("embeddings.") or k.startswith("embeddings.") for k in state)
+
+
+def from_transformers(state: dict, prefixes: tuple[str, ...] = ()) -> dict:
+    """Map a transformers ViT-family state dict (Pixio, ViTMAE, Dinov2[WithRegisters]) to our keys.
+
+    Separate q/k/v projections are concatenated into ``attn.qkv``. Keys we do not know are kept
+    under their own name so that the strict load reports them as unexpected.
+    """
+    hf = {}
+    for key, value in state.items():
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                break
+        hf[key] = value
+    out, qkv = {}, {}
+    for key, value in hf.items():
+        if key in _HF_EMBEDDINGS:
+            if key == "embeddings.mask_token":
+                value = value.reshape(1, -1)
+            out[_HF_EMBEDDINGS[key]] = value
+            continue
+        match = _HF_LAYER.match(key)
+        if match is None:
+            out[key] = value
+            continue
+        i, name, kind = match.groups()
+        full = f"{name}.{kind}" if kind == "lambda1" else name
+        if full in _HF_BLOCK:
+            out[f"blocks.{i}.{_HF_BLOCK[full]}" + ("" if kind == "lambda1" else f".{kind}")] = value
+            continue
+        for names in _HF_QKV:
+            if name in names:
+                qkv.setdefault((i, kind), [None] * 3)[names.index(name)] = value
+                break
+        else:
+            out[key] = value
+    for (i, kind), parts in qkv.items():
+        if any(p is None for p in parts):
+            raise KeyError(f"block {i}: incomplete q/k/v {kind} in the transformers checkpoint")
+        out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat(parts)
+    return out

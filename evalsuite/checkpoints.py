@@ -143,6 +143,10 @@ def create_backbone(name: str, weights: str | None = None) -> Backbone:
     spec = BACKBONES.get(name)
     if not isinstance(spec, BackboneSpec):  # an entry-point plugin may register a bare factory
         return spec(weights=weights)
+    return build_backbone(spec, weights)
+
+
+def build_backbone(spec: BackboneSpec, weights: str | None = None) -> Backbone:
     path = resolve_weights(spec, weights)
     model = spec.build()
     if path is not None:

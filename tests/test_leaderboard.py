@@ -1,0 +1,86 @@
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from evalsuite.cli import app
+from evalsuite.leaderboard import check, compare, pivots, render
+
+COLS = ["data", "task", "backbone", "metric", "value", "higher_is_better", "primary", "tolerance", "seed", "weights",
+        "task_version", "finished_at", "split"]
+
+
+def frame(rows):
+    out = []
+    for i, (data, task, backbone, metric, value, hib) in enumerate(rows):
+        out.append(dict(data=data, task=task, backbone=backbone, metric=metric, value=value, higher_is_better=hib,
+                        primary=True, tolerance=0.5, seed=0, weights="random", task_version=1,
+                        finished_at=f"2026-01-01T00:00:{i:02d}", split="val"))
+    return pd.DataFrame(out, columns=COLS)
+
+
+def test_pivot_keeps_mini_and_real_apart():
+    tables = pivots(frame([
+        ("real", "imagenet/linear", "pixio-h16", "top1", 80.0, True),
+        ("mini", "imagenet/linear", "pixio-h16", "top1", 40.0, True),
+        ("mini", "nyuv2/dpt", "pixio-tiny", "rmse", 0.5, False),
+    ]))
+    assert set(tables) == {"real", "mini"}
+    assert tables["real"].loc["pixio-h16"].tolist() == [80.0]
+    assert "pixio-tiny" not in tables["real"].index
+    assert tables["mini"].loc["pixio-h16", "imagenet/linear · top1 ↑"] == 40.0
+    assert tables["mini"].loc["pixio-tiny", "nyuv2/dpt · rmse ↓"] == 0.5
+    md = render(tables, "md")
+    assert md.index("Real data") < md.index("Mini world") and "| pixio-h16 | 80 |" in md
+    assert "<table" in render(tables, "html")
+
+
+def test_seeds_average_and_reruns_replace():
+    rows = frame([("real", "t", "b", "m", 1.0, True), ("real", "t", "b", "m", 3.0, True)])
+    rows.loc[1, "seed"] = 1
+    assert pivots(rows)["real"].iloc[0, 0] == 2.0
+    rows.loc[1, "seed"] = 0  # same seed: the newer run replaces the older
+    assert pivots(rows)["real"].iloc[0, 0] == 3.0
+
+
+def test_compare_marks_better_side_by_direction():
+    a = frame([("real", "cls", "m", "top1", 70.0, True), ("real", "depth", "m", "rmse", 0.40, False)])
+    b = frame([("real", "cls", "m", "top1", 72.0, True), ("real", "depth", "m", "rmse", 0.45, False)])
+    table = compare(a, b).set_index("task")
+    assert table.loc["cls", "better"] == "b" and table.loc["cls", "delta"] == pytest.approx(2.0)
+    assert table.loc["depth", "better"] == "a" and table.loc["depth", "delta"] == pytest.approx(0.05)
+
+
+def test_compare_two_checkpoints_with_different_names_pairs_by_task():
+    a = frame([("real", "cls", "ckpt-100", "top1", 70.0, True)])
+    b = frame([("real", "cls", "ckpt-200", "top1", 69.0, True)])
+    row = compare(a, b).iloc[0]
+    assert row["better"] == "a" and row["backbone_a"] == "ckpt-100" and row["backbone_b"] == "ckpt-200"
+
+
+def test_check_regression_missing_and_improvement():
+    base = frame([("real", "cls", "m", "top1", 70.0, True), ("real", "depth", "m", "rmse", 0.40, False)])
+    within = frame([("real", "cls", "m", "top1", 69.6, True), ("real", "depth", "m", "rmse", 0.30, False)])
+    assert check(base, within).ok
+    regressed = frame([("real", "cls", "m", "top1", 69.4, True), ("real", "depth", "m", "rmse", 0.40, False)])
+    result = check(base, regressed)
+    assert not result.ok and result.regressions["task"].tolist() == ["cls"]
+    worse_rmse = frame([("real", "cls", "m", "top1", 70.0, True), ("real", "depth", "m", "rmse", 0.95, False)])
+    assert check(base, worse_rmse).regressions["task"].tolist() == ["depth"]
+    missing = frame([("real", "cls", "m", "top1", 75.0, True)])
+    assert check(base, missing).missing["task"].tolist() == ["depth"]
+    mini_only = frame([("mini", "cls", "m", "top1", 99.0, True), ("mini", "depth", "m", "rmse", 0.1, False)])
+    assert len(check(base, mini_only).missing) == 2  # mini numbers never stand in for real ones
+
+
+def test_check_cli_exit_codes(tmp_path):
+    runner = CliRunner()
+    base = tmp_path / "base.csv"
+    frame([("real", "cls", "m", "top1", 70.0, True)]).to_csv(base, index=False)
+    for value, code in ((71.0, 0), (69.6, 0), (60.0, 1)):
+        cur = tmp_path / f"cur{value}.csv"
+        frame([("real", "cls", "m", "top1", value, True)]).to_csv(cur, index=False)
+        result = runner.invoke(app, ["check", str(cur), "--baseline", str(base)])
+        assert result.exit_code == code, result.output
+    empty = tmp_path / "other.csv"
+    frame([("real", "seg", "m", "miou", 50.0, True)]).to_csv(empty, index=False)
+    assert runner.invoke(app, ["check", str(empty), "--baseline", str(base)]).exit_code == 1
