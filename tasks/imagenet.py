@@ -157,6 +157,8 @@ class ImageNetTask:
         num_classes = len(train.classes)
         if p["protocol"] == "knn":
             return self._knn(backbone, spec, ctx, train, val, num_classes)
+        if backbone.meta.num_cls_tokens == 0:
+            raise ValueError(f"{backbone.meta.name} has no CLS tokens: the DINOv2 linear grid needs them; use --protocol knn")
         feats, labels = extract(backbone, train, ctx, linear_features, "train features")
         val_feats, val_labels = extract(backbone, val, ctx, linear_features, "val features")
         fit, held = heldout_split(len(labels), p["heldout_fraction"], ctx.seed)

@@ -241,3 +241,48 @@ def test_feature_contract_shapes_and_layer_indexing():
         model.forward_features(x, layers=[8])
     with pytest.raises(ValueError, match="multiples of the patch"):
         model.forward_features(torch.randn(1, 3, 30, 32))
+
+
+# ---------------------------------------------------------------------------------------
+# DINOv3 (timm Eva) and Pixel-BERT (torchvision ResNet)
+# ---------------------------------------------------------------------------------------
+def test_dinov3_h16plus_has_the_published_size():
+    """ViT-H+/16: 1280 wide, 32 layers, SwiGLU ratio 6 → 841M (q/v biases kept: +0.08M)."""
+    assert round(BACKBONES.get("dinov3-h16plus").num_params() / 1e6) == 841
+
+
+def test_dinov3_storage_tokens_never_reach_features(tmp_path):
+    model = create_backbone("dinov3-s16", "random")
+    x = torch.randn(2, 3, 48, 80)
+    feats = model.forward_features(x, layers=[2, -1])
+    assert [tuple(p.shape) for p in feats.patch] == [(2, 384, 3, 5)] * 2
+    assert [tuple(c.shape) for c in feats.cls] == [(2, 1, 384)] * 2
+    torch.save(model.state_dict(), tmp_path / "d3.pth")
+    loaded = create_backbone("dinov3-s16", str(tmp_path / "d3.pth"))
+    with torch.no_grad():
+        assert torch.equal(loaded.forward_features(x).patch[0], model.forward_features(x).patch[0])
+
+
+def test_pixelbert_stage_maps_match_torchvision(tmp_path):
+    """A torchvision ImageNet checkpoint (fc included) loads; stage maps equal torchvision's own forward."""
+    import torchvision
+
+    ref = torchvision.models.resnet18().eval()
+    torch.save(ref.state_dict(), tmp_path / "r18.pth")
+    ours = create_backbone("pixelbert-r18", str(tmp_path / "r18.pth"))
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        feats = ours.forward_features(x, layers=[0, 1, 2, 3])
+        y = ref.maxpool(ref.relu(ref.bn1(ref.conv1(x))))
+        for stage, got in zip((ref.layer1, ref.layer2, ref.layer3, ref.layer4), feats.patch):
+            y = stage(y)
+            assert (got - y).abs().max() <= TOL
+    assert all(c.shape == (2, 0, p.shape[1]) for c, p in zip(feats.cls, feats.patch))
+    assert torch.allclose(ours.global_embedding(x), feats.patch[-1].mean(dim=(2, 3)))
+
+
+def test_resnext152_32x8d_layout():
+    with torch.device("meta"):
+        model = BACKBONES.get("pixelbert-x152").build()
+    assert [len(s) for s in model.stages] == [3, 8, 36, 3]
+    assert model.layer1[0].conv2.groups == 32 and model.layer1[0].conv2.in_channels == 256
