@@ -1,0 +1,288 @@
+"""The mini datasets: MuJoCo scenes written in the layouts of the real datasets.
+
+Each writer produces exactly the files its task's real-format loader reads (the loaders live
+with their tasks). Sizes are (train, eval) counts per ``small | medium | large``; ``small`` keeps
+CI fast. Every random draw comes from ``np.random.default_rng([seed, dataset, split, index])``,
+so a dataset is a pure function of (version, size, seed).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import Size, register_mini
+from .language import captions, confusable, questions, tokens, visible_objects
+from .scenes import (CLASSES, SHAPES, Camera, SceneObject, SceneRenderer, render_scene, sample_camera, sample_objects,
+                     sample_scene)
+
+_IDS = {"imagenet": 1, "nyuv2": 2, "ade20k": 3, "ff3d": 4, "vqa": 5, "retrieval": 6, "pretrain": 7}
+
+
+def _rng(seed: int, dataset: str, *parts: int) -> np.random.Generator:
+    return np.random.default_rng([seed, _IDS[dataset], *parts])
+
+
+def _save_jpg(array: np.ndarray, path: Path, quality: int = 92) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, quality=quality)
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _write_json(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1))
+
+
+# ---------------------------------------------------------------------------------------
+# imagenet-mini: ImageFolder, class = the dominant object's shape × colour
+# ---------------------------------------------------------------------------------------
+IMAGENET_COLOURS = ("red", "blue", "green")
+IMAGENET_CLASSES = tuple(f"{shape}_{colour}" for shape in SHAPES for colour in IMAGENET_COLOURS)
+IMAGENET_SIZES = {"small": (16, 6), "medium": (60, 15), "large": (250, 50)}
+
+
+def imagenet_view(label: int, rng: np.random.Generator, size: int = 128, tries: int = 20):
+    """A view whose largest visible object is of class ``label``; distractors share shape or colour."""
+    shape, colour = IMAGENET_CLASSES[label].split("_")
+    for _ in range(tries):
+        hero = SceneObject(shape, colour, ("rubber", "metal")[rng.integers(2)], "large",
+                           float(rng.uniform(-0.3, 0.3)), float(rng.uniform(-0.3, 0.3)), float(rng.uniform(0, np.pi)),
+                           float(rng.uniform(0.8, 1.25)))
+        objects = sample_objects(rng, int(rng.integers(2, 6)), (hero,))
+        objects = (hero,) + tuple(o.__class__(**{**o.__dict__, "size": "small"}) for o in objects[1:])
+        scene = sample_scene(rng, n_views=0, fixed=objects, n_objects=len(objects))
+        scene = scene.__class__(objects=objects, cameras=(sample_camera(rng, target=(hero.x, hero.y, 0.15)),),
+                                floor=scene.floor, wall=scene.wall, lights=scene.lights)
+        view = render_scene(scene, size, size)[0]
+        counts = np.bincount(view.instance.ravel(), minlength=len(objects) + 1)[1:]
+        if counts.argmax() == 0 and counts[0] > 0:
+            return view
+    raise RuntimeError(f"could not render a view dominated by {IMAGENET_CLASSES[label]}")
+
+
+@register_mini("imagenet-mini", version=2, description="ImageFolder train/val; 15 classes = dominant object's shape × colour")
+def make_imagenet(out: Path, size: Size, seed: int) -> None:
+    for split_id, (split, count) in enumerate(zip(("train", "val"), IMAGENET_SIZES[size])):
+        for label, name in enumerate(IMAGENET_CLASSES):
+            for i in range(count):
+                view = imagenet_view(label, _rng(seed, "imagenet", split_id, label, i))
+                _save_jpg(view.rgb, out / split / name / f"{name}_{i:05d}.JPEG")
+    _write_json(list(IMAGENET_CLASSES), out / "classes.json")
+
+
+# ---------------------------------------------------------------------------------------
+# nyuv2-mini: the labeled .mat (MATLAB v7.3 = HDF5) + splits.mat, and the BTS "sync" layout
+# ---------------------------------------------------------------------------------------
+NYU_SIZES = {"small": (24, 12), "medium": (120, 40), "large": (600, 120)}
+NYU_FOCAL = 518.8579  # Kinect focal of the NYUv2 480×640 frames; the mini world uses the same camera
+NYU_FOVY = float(np.degrees(2 * np.arctan(240 / NYU_FOCAL)))
+MAT73_HEADER = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Thu Jan  1 00:00:00 2026 HDF5 schema 1.00 ."
+
+
+def _nyu_views(count: int, seed: int, split_id: int):
+    """Indoor-like views: two per scene, camera at eye height looking across the room."""
+    views = []
+    for s in range((count + 1) // 2):
+        rng = _rng(seed, "nyuv2", split_id, s)
+        scene = sample_scene(rng, n_views=0)
+        cams = tuple(Camera(c.position, c.target, NYU_FOVY) for c in (sample_camera(rng, height=(1.0, 1.6)) for _ in range(2)))
+        scene = scene.__class__(scene.objects, cams, scene.floor, scene.wall, scene.lights)
+        views += [(f"room_{split_id}{s:04d}", k, v) for k, v in enumerate(render_scene(scene, 640, 480))]
+    return views[:count]
+
+
+def _write_mat73(path: Path, datasets: dict[str, np.ndarray]) -> None:
+    import h5py
+
+    with h5py.File(path, "w", userblock_size=512) as f:
+        for name, array in datasets.items():
+            f.create_dataset(name, data=array, compression="gzip", compression_opts=1)
+    header = MAT73_HEADER.ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02" + b"IM"
+    with open(path, "r+b") as fh:
+        fh.write(header)
+
+
+@register_mini("nyuv2-mini", version=1, description="NYUv2 labeled .mat + splits.mat and BTS sync layout, 480×640, metres")
+def make_nyuv2(out: Path, size: Size, seed: int) -> None:
+    from scipy.io import savemat
+
+    n_train, n_test = NYU_SIZES[size]
+    train, test = _nyu_views(n_train, seed, 0), _nyu_views(n_test, seed, 1)
+    every = train + test
+    # MATLAB stores H×W×3×N column-major, which h5py reads as N×3×W×H (the real file's layout).
+    _write_mat73(out / "nyu_depth_v2_labeled.mat", {
+        "images": np.stack([v.rgb.transpose(2, 1, 0) for _, _, v in every]),
+        "depths": np.stack([v.depth.T for _, _, v in every]).astype(np.float32),
+        "labels": np.stack([v.semantic.T for _, _, v in every]).astype(np.uint16),
+    })
+    savemat(out / "splits.mat", {"trainNdxs": np.arange(1, len(train) + 1)[:, None].astype(np.float64),
+                                 "testNdxs": np.arange(len(train) + 1, len(every) + 1)[:, None].astype(np.float64)})
+    for split, views, root, list_name, lead in (
+        ("train", train, out / "sync", "nyudepthv2_train_files_with_gt.txt", "/"),
+        ("test", test, out / "official_splits" / "test", "nyudepthv2_test_files_with_gt.txt", ""),
+    ):
+        lines = []
+        for scene, k, v in views:
+            rgb, dep = f"{scene}/rgb_{k:05d}.jpg", f"{scene}/sync_depth_{k:05d}.png"
+            _save_jpg(v.rgb, root / rgb, quality=95)
+            _save_png(np.round(v.depth * 1000).astype(np.uint16), root / dep)  # millimetres, 0 = invalid
+            lines.append(f"{lead}{rgb} {lead}{dep} {NYU_FOCAL}")
+        (out / list_name).write_text("\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------------------
+# ade20k-mini: ADEChallengeData2016, 0 = other, 1..K
+# ---------------------------------------------------------------------------------------
+ADE_SIZES = {"small": (48, 16), "medium": (200, 50), "large": (1000, 200)}
+ADE_CLASSES = CLASSES[1:]  # label k (1..K) is CLASSES[k]; 0 = other
+
+
+@register_mini("ade20k-mini", version=1, description=f"ADEChallengeData2016 layout, K={len(ADE_CLASSES)} classes, 192×256")
+def make_ade20k(out: Path, size: Size, seed: int) -> None:
+    root = out / "ADEChallengeData2016"
+    for split_id, (split, prefix, count) in enumerate(zip(("training", "validation"), ("train", "val"), ADE_SIZES[size])):
+        for s in range((count + 1) // 2):
+            scene = sample_scene(_rng(seed, "ade20k", split_id, s), n_views=2)
+            for k, v in enumerate(render_scene(scene, 256, 192)):
+                idx = 2 * s + k + 1
+                if idx > count:
+                    break
+                _save_jpg(v.rgb, root / "images" / split / f"ADE_{prefix}_{idx:08d}.jpg")
+                _save_png(v.semantic.astype(np.uint8), root / "annotations" / split / f"ADE_{prefix}_{idx:08d}.png")
+    _write_json({"num_classes": len(ADE_CLASSES), "classes": list(ADE_CLASSES), "ignore": "0 = other"}, root / "classes.json")
+
+
+# ---------------------------------------------------------------------------------------
+# ff3d-mini: WAI / MapAnything scenes
+# ---------------------------------------------------------------------------------------
+FF3D_SIZES = {"small": (4, 4), "medium": (16, 6), "large": (64, 8)}  # (scenes, views per scene)
+
+
+def covisibility(views, rel_tol: float = 0.03) -> np.ndarray:
+    """C[i, j] = share of view i's valid pixels that view j sees at a consistent depth."""
+    n = len(views)
+    out = np.eye(n)
+    for i, a in enumerate(views):
+        h, w = a.depth.shape
+        v, u = np.nonzero(a.depth > 0)
+        z = a.depth[v, u]
+        cam = np.stack([(u - a.intrinsics[0, 2]) / a.intrinsics[0, 0] * z, (v - a.intrinsics[1, 2]) / a.intrinsics[1, 1] * z, z], 1)
+        world = cam @ a.cam2world[:3, :3].T + a.cam2world[:3, 3]
+        for j, b in enumerate(views):
+            if i == j:
+                continue
+            w2c = np.linalg.inv(b.cam2world)
+            p = world @ w2c[:3, :3].T + w2c[:3, 3]
+            front = p[:, 2] > 1e-6
+            uu = np.round(b.intrinsics[0, 0] * p[:, 0] / np.where(front, p[:, 2], 1) + b.intrinsics[0, 2]).astype(int)
+            vv = np.round(b.intrinsics[1, 1] * p[:, 1] / np.where(front, p[:, 2], 1) + b.intrinsics[1, 2]).astype(int)
+            inside = front & (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)
+            seen = np.zeros_like(inside)
+            d = b.depth[vv[inside], uu[inside]]
+            seen[inside] = (d > 0) & (np.abs(d - p[inside, 2]) < rel_tol * p[inside, 2])
+            out[i, j] = seen.mean() if len(seen) else 0.0
+    return out
+
+
+@register_mini("ff3d-mini", version=1, description="WAI scenes: scene_meta.json, PNG images, float32 .npy depth, covisibility")
+def make_ff3d(out: Path, size: Size, seed: int) -> None:
+    n_scenes, n_views = FF3D_SIZES[size]
+    for s in range(n_scenes):
+        scene = sample_scene(_rng(seed, "ff3d", s), n_views=n_views)
+        views = render_scene(scene, 160, 128)
+        root = out / f"scene_{s:04d}"
+        frames = []
+        for k, v in enumerate(views):
+            _save_png(v.rgb, root / "images" / f"{k:05d}.png")
+            (root / "depth").mkdir(parents=True, exist_ok=True)
+            np.save(root / "depth" / f"{k:05d}.npy", v.depth)
+            K = v.intrinsics
+            frames.append({"frame_name": f"{k:05d}", "image": f"images/{k:05d}.png", "depth": f"depth/{k:05d}.npy",
+                           "transform_matrix": v.cam2world.tolist(), "fl_x": K[0, 0], "fl_y": K[1, 1], "cx": K[0, 2],
+                           "cy": K[1, 2], "w": v.rgb.shape[1], "h": v.rgb.shape[0]})
+        (root / "covisibility").mkdir(parents=True, exist_ok=True)
+        np.save(root / "covisibility" / "covisibility.npy", covisibility(views))
+        _write_json({"scene_name": f"scene_{s:04d}", "dataset_name": "ff3d-mini", "version": "0.1",
+                     "camera_model": "PINHOLE", "camera_convention": "opencv", "shared_intrinsics": False,
+                     "depth_encoding": "float32 .npy, metres, z-depth, 0 = invalid",
+                     "scene_modalities": {"covisibility": "covisibility/covisibility.npy"}, "frames": frames},
+                    root / "scene_meta.json")
+
+
+# ---------------------------------------------------------------------------------------
+# vqa-mini (VQA v2 json) and retrieval-mini (Karpathy json); pretrain-mini
+# ---------------------------------------------------------------------------------------
+VQA_SIZES = {"small": (60, 20), "medium": (300, 80), "large": (1500, 300)}
+VQA_DISAGREEMENT = 0.1  # chance that each of the 10 annotators types a confusable answer
+RETRIEVAL_SIZES = {"small": (60, 10, 20), "medium": (300, 40, 80), "large": (1500, 200, 300)}
+PRETRAIN_SIZES = {"small": 200, "medium": 1000, "large": 5000}
+FLOOR_WORDS = {"checker": "checkered", "gradient": "shaded", "flat": "plain"}
+
+
+def _captioned_views(dataset: str, count: int, seed: int, split_id: int, size: int = 128):
+    for s in range((count + 1) // 2):
+        rng = _rng(seed, dataset, split_id, s)
+        scene = sample_scene(rng, n_views=2)
+        with SceneRenderer(scene, size, size) as renderer:
+            for k in range(2):
+                if 2 * s + k < count:
+                    view = renderer.render(k)
+                    yield 2 * s + k, scene, view, visible_objects(scene.objects, view.instance), rng
+
+
+@register_mini("vqa-mini", version=1, description="VQA v2 questions/annotations json, CLEVR-style templates, 10 answers")
+def make_vqa(out: Path, size: Size, seed: int) -> None:
+    for split_id, (split, count) in enumerate(zip(("train2014", "val2014"), VQA_SIZES[size])):
+        qs, anns = [], []
+        for idx, scene, view, visible, rng in _captioned_views("vqa", count, seed, split_id):
+            image_id = split_id * 1_000_000 + idx + 1
+            _save_jpg(view.rgb, out / split / f"COCO_{split}_{image_id:012d}.jpg")
+            for q_i, (question, answer, qtype) in enumerate(questions(visible, rng)):
+                qid = image_id * 100 + q_i
+                qs.append({"image_id": image_id, "question": question, "question_id": qid})
+                answers = [confusable(answer, rng) if rng.random() < VQA_DISAGREEMENT else answer for _ in range(10)]
+                anns.append({"question_id": qid, "image_id": image_id, "question_type": qtype,
+                             "answer_type": "yes/no" if answer in ("yes", "no") else "number" if answer.isdigit() else "other",
+                             "multiple_choice_answer": answer,
+                             "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": j + 1} for j, a in enumerate(answers)]})
+        info = {"description": "evalsuite vqa-mini", "version": "1", "disagreement": VQA_DISAGREEMENT}
+        _write_json({"info": info, "task_type": "Open-Ended", "data_type": "mscoco", "data_subtype": split,
+                     "questions": qs, "license": {}}, out / f"v2_OpenEnded_mscoco_{split}_questions.json")
+        _write_json({"info": info, "data_type": "mscoco", "data_subtype": split, "annotations": anns, "license": {}},
+                    out / f"v2_mscoco_{split}_annotations.json")
+
+
+@register_mini("retrieval-mini", version=1, description="Karpathy json, 5 templated captions per image")
+def make_retrieval(out: Path, size: Size, seed: int) -> None:
+    images, sent_id = [], 0
+    for split_id, (split, count) in enumerate(zip(("train", "val", "test"), RETRIEVAL_SIZES[size])):
+        for idx, scene, view, visible, rng in _captioned_views("retrieval", count, seed, split_id):
+            name = f"{split}_{idx:06d}.jpg"
+            _save_jpg(view.rgb, out / "images" / name)
+            img_id = len(images)
+            sentences = []
+            for caption in captions(visible, rng, FLOOR_WORDS[scene.floor["builtin"]]):
+                sentences.append({"raw": caption, "tokens": tokens(caption), "imgid": img_id, "sentid": sent_id})
+                sent_id += 1
+            images.append({"filename": name, "imgid": img_id, "split": split, "sentences": sentences,
+                           "sentids": [s["sentid"] for s in sentences]})
+    _write_json({"images": images, "dataset": "mini"}, out / "dataset_mini.json")
+
+
+@register_mini("pretrain-mini", version=1, description="unlabeled images and image–caption pairs (captions.jsonl)")
+def make_pretrain(out: Path, size: Size, seed: int) -> None:
+    lines = []
+    for idx, scene, view, visible, rng in _captioned_views("pretrain", PRETRAIN_SIZES[size], seed, 0):
+        name = f"images/{idx:06d}.jpg"
+        _save_jpg(view.rgb, out / name)
+        caption = captions(visible, rng, FLOOR_WORDS[scene.floor["builtin"]], count=1)[0]
+        lines.append(json.dumps({"image": name, "caption": caption}))
+    (out / "captions.jsonl").write_text("\n".join(lines) + "\n")
