@@ -7,12 +7,15 @@ a frozen parameter. Other resolutions interpolate the table bicubically, as MAE 
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
+from torch import nn
 
 from evalsuite.checkpoints import BackboneSpec, register_backbone
 from evalsuite.contracts import BackboneMeta, Preprocess
 
-from .vit import from_transformers, is_transformers_layout, ViT, preprocess_imagenet, resample_bicubic
+from .vit import ViT, from_transformers, is_transformers_layout, preprocess_imagenet, resample_bicubic, sincos_pos_embed_2d
 
 # Pretraining checkpoints (official "visualize" files and ours) carry the decoder; dropped on purpose.
 PRETRAIN_ONLY = (r"decoder.*", r"mask_token")
@@ -34,7 +37,8 @@ def convert(state: dict) -> dict:
 
 
 def make_spec(name: str, dim: int, depth: int, heads: int, patch: int, file: str | None,
-          hf: str | None, img_size: int = 224, preprocess: Preprocess | None = None) -> BackboneSpec:
+              hf: str | None, img_size: int = 224, preprocess: Preprocess | None = None,
+              decoder: dict | None = None) -> BackboneSpec:
     meta = BackboneMeta(name=name, family="mae", patch_size=patch, embed_dim=dim, depth=depth, num_cls_tokens=1,
                         preprocess=preprocess or preprocess_imagenet(img_size),
                         default_layers=tuple(depth // 4 * (s + 1) - 1 for s in range(4)))
@@ -42,11 +46,175 @@ def make_spec(name: str, dim: int, depth: int, heads: int, patch: int, file: str
         name=name, family="mae",
         build=lambda: MAE(meta, img_size=img_size, num_heads=heads, pos_embed="sincos", resample=resample_bicubic),
         convert=convert, ignore=PRETRAIN_ONLY, weights_file=file, hf_repo=hf, random_by_default=file is None,
+        pretrain=partial(mae_objective, **(decoder or {})),
     )
 
+
+
+
+# ---------------------------------------------------------------------------------------
+# Pretraining objective (He et al. 2022), shared with Pixio
+# ---------------------------------------------------------------------------------------
+def patchify(images: torch.Tensor, p: int) -> torch.Tensor:
+    """B×3×H×W → B×N×(p·p·3), patch pixels ordered (row, col, channel) as in MAE."""
+    B, C, H, W = images.shape
+    x = images.reshape(B, C, H // p, p, W // p, p)
+    return torch.einsum("bchpwq->bhwpqc", x).reshape(B, (H // p) * (W // p), p * p * C)
+
+
+def unpatchify(patches: torch.Tensor, p: int, hw: tuple[int, int]) -> torch.Tensor:
+    B, _, _ = patches.shape
+    h, w = hw
+    x = patches.reshape(B, h, w, p, p, 3)
+    return torch.einsum("bhwpqc->bchpwq", x).reshape(B, 3, h * p, w * p)
+
+
+def norm_pix_target(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-patch normalised pixels: mean and *unbiased* variance over the patch (MAE/Pixio)."""
+    mean = patches.mean(dim=-1, keepdim=True)
+    var = patches.var(dim=-1, keepdim=True, unbiased=True)
+    return (patches - mean) / (var + eps) ** 0.5
+
+
+def random_masking(noise: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MAE masking from per-patch noise (B×N): keep the int(N·(1−r)) lowest-noise patches.
+
+    Returns (ids_keep B×n_keep, mask B×N with 1 = masked, ids_restore B×N).
+    """
+    B, N = noise.shape
+    n_keep = int(N * (1 - mask_ratio))
+    ids_shuffle = noise.argsort(dim=1)
+    ids_restore = ids_shuffle.argsort(dim=1)
+    mask = torch.ones(B, N, device=noise.device)
+    mask[:, :n_keep] = 0
+    return ids_shuffle[:, :n_keep], torch.gather(mask, 1, ids_restore), ids_restore
+
+
+class MaskedAutoencoder(nn.Module):
+    """Encoder (a registered ViT) + lightweight decoder predicting the pixels of masked patches.
+
+    Keys: ``encoder.*`` and ``decoder_*`` / ``mask_token`` (the official MAE names), so a checkpoint
+    loads into the encoder with the decoder dropped explicitly (``PRETRAIN_ONLY``).
+    """
+
+    def __init__(self, encoder: ViT, *, decoder_dim: int = 512, decoder_depth: int = 8, decoder_heads: int = 16,
+                 decoder_pos: str = "sincos", mask_ratio: float = 0.75, norm_pix_loss: bool = True,
+                 masking: str = "random", mask_block: int = 4, flip: bool = True,
+                 image_size: tuple[int, int] | None = None):
+        super().__init__()
+        from timm.models.vision_transformer import Block
+
+        self.encoder = encoder
+        self.mask_ratio, self.norm_pix_loss, self.masking, self.mask_block, self.flip = mask_ratio, norm_pix_loss, masking, mask_block, flip
+        self.image_size = tuple(image_size or encoder.meta.image_size)
+        dim, p, n_cls = encoder.meta.embed_dim, encoder.meta.patch_size, encoder.num_cls_tokens
+        gh, gw = self.image_size[0] // p, self.image_size[1] // p
+        self.decoder_embed = nn.Linear(dim, decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        if decoder_pos == "sincos":
+            self.decoder_pos_embed = nn.Parameter(sincos_pos_embed_2d(decoder_dim, gh, gw, n_cls), requires_grad=False)
+        else:
+            self.decoder_pos_embed = nn.Parameter(torch.zeros(1, n_cls + gh * gw, decoder_dim))
+            nn.init.trunc_normal_(self.decoder_pos_embed, std=0.02)
+        self.decoder_blocks = nn.ModuleList(
+            Block(decoder_dim, decoder_heads, 4.0, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6))
+            for _ in range(decoder_depth))
+        self.decoder_norm = nn.LayerNorm(decoder_dim, eps=1e-6)
+        self.decoder_pred = nn.Linear(decoder_dim, p * p * 3)
+        nn.init.normal_(self.mask_token, std=0.02)
+        for m in [self.decoder_embed, self.decoder_pred, *self.decoder_blocks.modules()]:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def augment(self, image, gen: torch.Generator) -> torch.Tensor:
+        """RandomResizedCrop(scale 0.2–1, bicubic) to the encoder's size, flipped if ``flip`` (MAE, not Pixio)."""
+        from evalsuite.pretrain import crop_resize, to_normalised_tensor
+
+        pre = self.encoder.meta.preprocess
+        return to_normalised_tensor(crop_resize(image, gen, self.image_size, (0.2, 1.0), self.flip), pre.mean, pre.std)
+
+    def masks(self, noise: torch.Tensor, grid: tuple[int, int]):
+        if self.masking == "block":
+            return block_masking(noise, grid, self.mask_ratio, self.mask_block)
+        return random_masking(noise, self.mask_ratio)
+
+    def noise_shape(self, batch: int, grid: tuple[int, int]) -> tuple[int, int]:
+        h, w = grid
+        n = (h // self.mask_block) * (w // self.mask_block) if self.masking == "block" else h * w
+        return batch, n
+
+    def forward(self, images: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+        p = self.encoder.meta.patch_size
+        grid = (images.shape[-2] // p, images.shape[-1] // p)
+        ids_keep, mask, ids_restore = self.masks(noise, grid)
+        latent = self.encoder.forward_visible(images, ids_keep)
+        pred = self.decode(latent, ids_restore)
+        target = patchify(images, p)
+        if self.norm_pix_loss:
+            target = norm_pix_target(target)
+        per_patch = ((pred - target) ** 2).mean(dim=-1)
+        loss = (per_patch * mask).sum() / mask.sum()
+        return {"loss": loss, "pred": pred, "mask": mask}
+
+    def decode(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        n = self.encoder.num_cls_tokens
+        x = self.decoder_embed(latent)
+        B, N = ids_restore.shape
+        tokens = torch.cat([x[:, n:], self.mask_token.expand(B, N - (x.shape[1] - n), -1)], dim=1)
+        tokens = torch.gather(tokens, 1, ids_restore[..., None].expand(-1, -1, x.shape[-1]))
+        x = torch.cat([x[:, :n], tokens], dim=1) + self.decoder_pos_embed
+        for block in self.decoder_blocks:
+            x = block(x)
+        return self.decoder_pred(self.decoder_norm(x))[:, n:]
+
+
+def block_masking(noise: torch.Tensor, grid: tuple[int, int], mask_ratio: float, block: int):
+    """Pixio's block masking: whole block×block squares of patches are masked or kept together.
+
+    ``noise`` is B×n_blocks; the int(n_blocks·(1−r)) lowest-noise blocks are kept. Patch ids are
+    ordered block by block (kept blocks first), so the MAE gather/restore machinery applies.
+    """
+    h, w = grid
+    if h % block or w % block:
+        raise ValueError(f"block masking needs a patch grid divisible by {block}, got {h}×{w}")
+    B, n_blocks = noise.shape
+    bh, bw = h // block, w // block
+    block_order = noise.argsort(dim=1)  # B×n_blocks
+    rows = torch.div(block_order, bw, rounding_mode="floor")[..., None] * block + torch.arange(block).repeat_interleave(block)
+    cols = (block_order % bw)[..., None] * block + torch.arange(block).repeat(block)
+    ids_shuffle = (rows * w + cols).reshape(B, -1)
+    ids_restore = ids_shuffle.argsort(dim=1)
+    n_keep = int(n_blocks * (1 - mask_ratio)) * block * block
+    mask = torch.ones(B, h * w, device=noise.device)
+    mask[:, :n_keep] = 0
+    return ids_shuffle[:, :n_keep], torch.gather(mask, 1, ids_restore), ids_restore
+
+
+def mae_objective(encoder: ViT, **overrides) -> MaskedAutoencoder:
+    """MAE: random masking 0.75, 8-block 512-wide decoder, fixed sin-cos positions, norm-pix loss, flips."""
+    cfg = dict(decoder_dim=512, decoder_depth=8, decoder_heads=16, decoder_pos="sincos", masking="random", flip=True)
+    return MaskedAutoencoder(encoder, **{**cfg, **overrides})
 
 register_backbone(make_spec("mae-b16", 768, 12, 12, 16, "mae_pretrain_vit_base.pth", "facebook/vit-mae-base"))
 register_backbone(make_spec("mae-l16", 1024, 24, 16, 16, "mae_pretrain_vit_large.pth", "facebook/vit-mae-large"))
 register_backbone(make_spec("mae-h14", 1280, 32, 16, 14, "mae_pretrain_vit_huge.pth", "facebook/vit-mae-huge"))
+# CPU twin: a 128-wide, 2-block decoder keeps quickstart pretraining within minutes.
 register_backbone(make_spec("mae-tiny", 192, 8, 3, 8, None, None, img_size=128,
-      preprocess=Preprocess(size=(128, 128), resize="squash", interpolation="bicubic")))
+                            preprocess=Preprocess(size=(128, 128), resize="squash", interpolation="bicubic"),
+                            decoder={"decoder_dim": 128, "decoder_depth": 2, "decoder_heads": 4}))
+
+
+def pretrain_from_transformers(state: dict) -> dict:
+    """``ViTMAEForPreTraining`` weights → our `MaskedAutoencoder` keys (continue pretraining an HF model)."""
+    from .vit import from_transformers
+
+    encoder = from_transformers({k: v for k, v in state.items() if k.startswith("vit.")}, ("vit.",))
+    decoder_layers = from_transformers(
+        {k.replace("decoder.decoder_layers.", "layers."): v for k, v in state.items() if k.startswith("decoder.decoder_layers.")})
+    out = {f"encoder.{k}": v for k, v in encoder.items()}
+    out |= {k.replace("blocks.", "decoder_blocks.", 1): v for k, v in decoder_layers.items()}
+    for k, v in state.items():
+        if k.startswith("decoder.") and not k.startswith("decoder.decoder_layers."):
+            out[k.removeprefix("decoder.")] = v
+    return out

@@ -9,12 +9,15 @@ repos ``facebook/pixio-vit*16`` use the transformers layout and are converted he
 from __future__ import annotations
 
 
+from functools import partial
+
 import torch
 
 from evalsuite.checkpoints import BackboneSpec, register_backbone
 from evalsuite.contracts import BackboneMeta, Preprocess
 
-from .vit import from_transformers, is_transformers_layout, ViT, resample_bicubic
+from .mae import MaskedAutoencoder
+from .vit import ViT, from_transformers, is_transformers_layout, resample_bicubic
 
 NUM_CLS = 8
 PREPROCESS = Preprocess(size=(256, 256), resize="squash", interpolation="bicubic")
@@ -47,15 +50,24 @@ def convert(state: dict) -> dict:
     return dict(state)
 
 
+def pixio_objective(encoder: ViT, **overrides) -> MaskedAutoencoder:
+    """Pixio: 4×4-patch block masking at 0.75, 512-wide 32-block decoder with learned positions
+    (a row per CLS token), norm-pix loss on masked patches, no flip augmentation."""
+    cfg = dict(decoder_dim=512, decoder_depth=32, decoder_heads=16, decoder_pos="learned", masking="block",
+               mask_block=4, flip=False)
+    return MaskedAutoencoder(encoder, **{**cfg, **overrides})
+
+
 def make_spec(name: str, dim: int, depth: int, heads: int, file: str | None, hf: str | None,
-          img_size: int = 256, patch: int = 16, preprocess: Preprocess = PREPROCESS) -> BackboneSpec:
+          img_size: int = 256, patch: int = 16, preprocess: Preprocess = PREPROCESS,
+              decoder: dict | None = None) -> BackboneSpec:
     meta = BackboneMeta(name=name, family="pixio", patch_size=patch, embed_dim=dim, depth=depth,
                         num_cls_tokens=NUM_CLS, preprocess=preprocess, default_layers=dense_layers(depth))
     return BackboneSpec(
         name=name, family="pixio",
         build=lambda: Pixio(meta, img_size=img_size, num_heads=heads, resample=resample_bicubic),
         convert=convert, ignore=PRETRAIN_ONLY, weights_file=file, hf_repo=hf,
-        random_by_default=file is None,
+        random_by_default=file is None, pretrain=partial(pixio_objective, **(decoder or {})),
     )
 
 
@@ -64,6 +76,8 @@ for _size, (_dim, _depth, _heads) in {
 }.items():
     register_backbone(make_spec(f"pixio-{_size}16", _dim, _depth, _heads, f"pixio_vit{_size}16.pth", f"facebook/pixio-vit{_size}16"))
 
-# CPU-sized twin on the same code path: 16×16 grid at 128 px like the real 256 px / 16.
+# CPU-sized twin on the same code path: 16×16 grid at 128 px like the real 256 px / 16, and a
+# 128-wide 2-block decoder so that quickstart pretraining fits in minutes.
 register_backbone(make_spec("pixio-tiny", 192, 8, 3, None, None, img_size=128, patch=8,
-      preprocess=Preprocess(size=(128, 128), resize="squash", interpolation="bicubic")))
+                            preprocess=Preprocess(size=(128, 128), resize="squash", interpolation="bicubic"),
+                            decoder={"decoder_dim": 128, "decoder_depth": 2, "decoder_heads": 4}))

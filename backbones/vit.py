@@ -153,6 +153,23 @@ class ViT(Backbone):
         tokens.append(x + pos[:, n:])
         return torch.cat(tokens, dim=1), (h, w)
 
+    def forward_tokens(self, images: torch.Tensor, patch_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """All final-normed last-block tokens (prefix first); ``patch_mask`` swaps in ``mask_token`` (iBOT)."""
+        x, _ = self.prepare_tokens(images, patch_mask)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward_visible(self, images: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """Masked-autoencoder encoder pass: prefix tokens plus the patches in ``ids_keep`` (B×n), final-normed."""
+        x, _ = self.prepare_tokens(images)
+        n = self.num_prefix_tokens
+        visible = torch.gather(x[:, n:], 1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))
+        x = torch.cat([x[:, :n], visible], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
     def forward_features(self, images: torch.Tensor, layers: Sequence[int] | None = None, norm: bool = True) -> Features:
         take = self.resolve_layers(layers)
         x, (h, w) = self.prepare_tokens(images)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -44,8 +44,7 @@ class BackboneSpec:
     weights_file: str | None = None
     hf_repo: str | None = None
     random_by_default: bool = False
-    notes: str = ""
-    extra: dict = field(default_factory=dict)
+    pretrain: Callable[..., torch.nn.Module] | None = None  # (encoder, **overrides) -> objective module
 
     def num_params(self) -> int:
         return count_parameters(self.build)

@@ -16,9 +16,6 @@ app.add_typer(data_app, name="data")
 console = Console()
 err = Console(stderr=True)
 
-TINY_BACKBONES = ("pixio-tiny", "mae-tiny", "dino-tiny")
-
-
 def _fail(message: str, code: int = 2) -> None:
     from rich.markup import escape
 
@@ -255,29 +252,75 @@ def quickstart(
     out: Path = typer.Option(Path("results/quickstart"), help="Folder of result records."),
     force: bool = typer.Option(False, help="Re-run cells that already have records."),
 ):
-    """The main job on the mini world: every task with mini data × the tiny backbones, then the leaderboard."""
+    """The main job on the mini world: brief pretraining of tiny Pixio and MAE, then every task with
+    mini data on the tiny backbones (pretrained and random twins), then the leaderboard."""
+    from . import quickstart as job
     from .leaderboard import load_tidy, pivots
-    from .registry import TASKS
+    from .runner import RunFailed
 
-    tasks = [name for name in TASKS.names() if TASKS.get(name).spec.mini_dataset]
-    for task in tasks:
-        spec = TASKS.get(task).spec
-        variants = [dict(zip(spec.variant_keys, combo)) for combo in _variant_combos(spec)]
-        for backbone in TINY_BACKBONES:
-            for params in variants:
-                result = _run_one(backbone, task, weights="random", data="mini", data_root=None, mini_size="small",
-                                  seed=0, params=params, out=out, force=force, batch_size=64, device=None)
-                value = next(m["value"] for m in result.record.metrics if m["primary"])
-                state = "cached" if result.skipped else f"{result.record.timings['total_s']:.1f}s"
-                console.print(f"{backbone:>12} × {result.record.task['label']:<20} {value:8.3f}  ({state})", highlight=False)
+    with _progress() as progress:
+        try:
+            for result in job.run(out, force=force, progress=progress):
+                rec = result.record
+                value = next(m["value"] for m in rec.metrics if m["primary"])
+                state = "cached" if result.skipped else f"{rec.timings['total_s']:.1f}s"
+                progress.console.print(f"{rec.backbone['label']:>28} × {rec.task['label']:<18} {value:8.3f}  ({state})",
+                                       highlight=False)
+        except RunFailed as exc:
+            _fail(f"{exc} (record: {exc.path})", code=1)
     _print_pivots(pivots(load_tidy(out)))
 
 
-def _variant_combos(spec):
-    import itertools
+@app.command()
+def pretrain(
+    backbone: str = typer.Option(..., "--backbone", "-b", help="Backbone whose family objective to train."),
+    data: str = typer.Option("mini", help="'mini' or a folder of images."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps (or use --epochs)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs over the (curated) data."),
+    batch_size: int = typer.Option(64, help="Global batch size over all processes."),
+    blr: float = typer.Option(1.5e-4, help="Base learning rate; lr = blr · batch / 256."),
+    out: Path = typer.Option(Path("results/pretrain"), help="Checkpoint folder (checkpoint.pth, log.jsonl)."),
+    resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pth."),
+    scores: Optional[Path] = typer.Option(None, help="Curation scores from `evalsuite curate`."),
+    weights: Optional[str] = typer.Option(None, help="Start the encoder from these weights."),
+    drop_path: float = typer.Option(0.0, help="Stochastic depth rate of the last block."),
+    decoder_depth: Optional[int] = typer.Option(None, help="Override the family's decoder depth."),
+    image_size: Optional[int] = typer.Option(None, help="Pretraining resolution (default: the backbone's)."),
+    seed: int = typer.Option(0),
+    save_every: int = typer.Option(0, help="Checkpoint every N steps (0: at the end)."),
+    num_workers: int = typer.Option(0),
+):
+    """Pretrain with the backbone family's own objective; runs under torchrun (DDP) as is."""
+    from .pretrain import PretrainConfig, pretrain as run_pretrain
 
-    options = [spec.choices.get(k, (spec.params[k],)) for k in spec.variant_keys]
-    return list(itertools.product(*options))
+    if steps is None and epochs is None:
+        _fail("give --steps N or --epochs N")
+    if (out / "checkpoint.pth").is_file() and not resume:
+        _fail(f"{out / 'checkpoint.pth'} exists: pass --resume to continue it, or another --out")
+    cfg = PretrainConfig(backbone=backbone, data=data, out=str(out), steps=steps, epochs=epochs, batch_size=batch_size,
+                         blr=blr, drop_path=drop_path, seed=seed, scores=str(scores) if scores else None, weights=weights,
+                         objective={"decoder_depth": decoder_depth} if decoder_depth else {},
+                         num_workers=num_workers, save_every=save_every, image_size=image_size)
+    with _progress() as progress:
+        path = run_pretrain(cfg, progress)
+    console.print(f"checkpoint: {path}  (evaluate with --weights {path})", highlight=False)
+
+
+@app.command()
+def curate(
+    data: Path = typer.Argument(..., help="Folder of images to score."),
+    scorer: Path = typer.Option(..., help="A pretraining checkpoint of an MAE-style objective."),
+    out: Path = typer.Option(Path("curation_scores.json")),
+    min_side: int = typer.Option(320, help="Images with a shorter side score 0."),
+    min_entropy: float = typer.Option(4.5, help="Images with colour-histogram entropy (bits) at or below score 0."),
+):
+    """Score images for Pixio's soft self-curation (keep probability = score)."""
+    from .curate import curate as run_curate, write_scores
+
+    result = run_curate(scorer, data, min_side=min_side, min_entropy=min_entropy)
+    write_scores(result, out)
+    console.print(f"{len(result['scores'])} images scored, expected kept fraction "
+                  f"{result['kept_fraction_expected']:.3f}: {out}", highlight=False)
 
 
 @data_app.command("make-mini")

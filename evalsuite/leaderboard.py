@@ -17,7 +17,7 @@ TIDY_COLUMNS = [
     "data", "task", "task_version", "backbone", "weights", "seed", "metric", "split", "value",
     "higher_is_better", "primary", "tolerance", "run_id", "finished_at",
 ]
-CELL = ["data", "task", "backbone", "metric"]
+CELL = ["data", "task", "backbone", "metric"]  # backbone = its label: name, or name@checkpoint
 
 
 def load_tidy(source: str | Path) -> pd.DataFrame:
@@ -38,7 +38,8 @@ def load_tidy(source: str | Path) -> pd.DataFrame:
         for m in rec.metrics:
             rows.append({
                 "data": rec.data["source"], "task": rec.task["label"], "task_version": rec.task["version"],
-                "backbone": rec.backbone["name"], "weights": rec.backbone["weights"], "seed": rec.seed,
+                "backbone": rec.backbone.get("label", rec.backbone["name"]), "weights": rec.backbone["weights"],
+                "seed": rec.seed,
                 "metric": m["name"], "split": m["split"], "value": m["value"],
                 "higher_is_better": m["higher_is_better"], "primary": m["primary"],
                 "tolerance": rec.task["tolerance"], "run_id": rec.run_id, "finished_at": rec.finished_at,

@@ -73,7 +73,13 @@ def run_cell(
     amp: bool | None = None,
     batch_size: int = 64,
     progress: Any = None,
+    weights_label: str | None = None,
 ) -> CellResult:
+    """Evaluate one cell and write its record; an identical finished cell is returned as skipped.
+
+    ``weights_label`` names the checkpoint in leaderboards (default: the first 8 hex digits of its
+    sha256); random weights keep the bare backbone name.
+    """
     if data not in ("real", "mini"):
         raise ValueError(f"data must be 'real' or 'mini', got {data!r}")
     bb_spec = BACKBONES.get(backbone)  # fail fast, with did-you-mean, before any data work
@@ -113,7 +119,8 @@ def run_cell(
               "root": str(root), "manifest_sha256": manifest},
         environment=environment(device, amp_dtype),
     )
-    bb_info = {"name": backbone, "weights": weights_id}
+    label = backbone if weights_id == "random" else f"{backbone}@{weights_label or weights_id[:8]}"
+    bb_info = {"name": backbone, "label": label, "weights": weights_id}
     try:
         seed_everything(seed)
         t_load = time.perf_counter()

@@ -72,7 +72,7 @@ def test_imagenet_mini_through_the_task_loader(made):
 
     train, val = load_split(made["imagenet-mini"], "train", None), load_split(made["imagenet-mini"], "val", None)
     assert train.classes == sorted(datasets.IMAGENET_CLASSES) == val.classes
-    assert len(train) == 16 * 15 and len(val) == 6 * 15
+    assert len(train) == 24 * 15 and len(val) == 8 * 15
     assert Image.open(train.samples[0][0]).size == (128, 128)
 
 
@@ -165,7 +165,8 @@ def test_retrieval_mini_karpathy_json(made):
 
 def test_pretrain_mini_pairs(made):
     lines = (made["pretrain-mini"] / "captions.jsonl").read_text().splitlines()
-    assert len(lines) == 200
+    images = list((made["pretrain-mini"] / "images").glob("*.jpg"))
+    assert len(images) == 400 and len(lines) == 200  # half scenes with captions, half object close-ups
     first = json.loads(lines[0])
     assert (made["pretrain-mini"] / first["image"]).is_file() and first["caption"]
 

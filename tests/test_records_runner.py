@@ -96,7 +96,8 @@ def test_run_writes_record_and_skips_done_cell(tmp_path):
     rec = first.record
     assert rec.task["version"] == 3 and rec.task["label"] == "probe-test/ok"
     assert rec.data["source"] == "real" and len(rec.data["manifest_sha256"]) == 64
-    assert rec.backbone == {"name": "pixio-tiny", "weights": "random", "family": "pixio", "num_params": rec.backbone["num_params"]}
+    assert rec.backbone == {"name": "pixio-tiny", "label": "pixio-tiny", "weights": "random", "family": "pixio",
+                            "num_params": rec.backbone["num_params"]}
     assert rec.environment["torch"] == torch.__version__
     calls = ProbeTask.calls
     second = _run(tmp_path)

@@ -46,11 +46,14 @@ def _write_json(obj, path: Path) -> None:
 # ---------------------------------------------------------------------------------------
 IMAGENET_COLOURS = ("red", "blue", "green")
 IMAGENET_CLASSES = tuple(f"{shape}_{colour}" for shape in SHAPES for colour in IMAGENET_COLOURS)
-IMAGENET_SIZES = {"small": (16, 6), "medium": (60, 15), "large": (250, 50)}
+IMAGENET_SIZES = {"small": (24, 8), "medium": (80, 20), "large": (300, 50)}
 
 
 def imagenet_view(label: int, rng: np.random.Generator, size: int = 128, tries: int = 20):
-    """A view whose largest visible object is of class ``label``; distractors share shape or colour."""
+    """A view whose largest visible object is of class ``label`` (about a quarter of the frame).
+
+    Distractors have any shape and colour, so the class is the dominant object's, not the
+    commonest colour in the image."""
     shape, colour = IMAGENET_CLASSES[label].split("_")
     for _ in range(tries):
         hero = SceneObject(shape, colour, ("rubber", "metal")[rng.integers(2)], "large",
@@ -59,7 +62,8 @@ def imagenet_view(label: int, rng: np.random.Generator, size: int = 128, tries: 
         objects = sample_objects(rng, int(rng.integers(2, 6)), (hero,))
         objects = (hero,) + tuple(o.__class__(**{**o.__dict__, "size": "small"}) for o in objects[1:])
         scene = sample_scene(rng, n_views=0, fixed=objects, n_objects=len(objects))
-        scene = scene.__class__(objects=objects, cameras=(sample_camera(rng, target=(hero.x, hero.y, 0.15)),),
+        camera = sample_camera(rng, target=(hero.x, hero.y, hero.radius), distance=(0.75, 1.1), height=(0.45, 0.95))
+        scene = scene.__class__(objects=objects, cameras=(camera,),
                                 floor=scene.floor, wall=scene.wall, lights=scene.lights)
         view = render_scene(scene, size, size)[0]
         counts = np.bincount(view.instance.ravel(), minlength=len(objects) + 1)[1:]
@@ -68,7 +72,7 @@ def imagenet_view(label: int, rng: np.random.Generator, size: int = 128, tries: 
     raise RuntimeError(f"could not render a view dominated by {IMAGENET_CLASSES[label]}")
 
 
-@register_mini("imagenet-mini", version=2, description="ImageFolder train/val; 15 classes = dominant object's shape × colour")
+@register_mini("imagenet-mini", version=3, description="ImageFolder train/val; 15 classes = dominant object's shape × colour")
 def make_imagenet(out: Path, size: Size, seed: int) -> None:
     for split_id, (split, count) in enumerate(zip(("train", "val"), IMAGENET_SIZES[size])):
         for label, name in enumerate(IMAGENET_CLASSES):
@@ -110,7 +114,7 @@ def _write_mat73(path: Path, datasets: dict[str, np.ndarray]) -> None:
         fh.write(header)
 
 
-@register_mini("nyuv2-mini", version=1, description="NYUv2 labeled .mat + splits.mat and BTS sync layout, 480×640, metres")
+@register_mini("nyuv2-mini", version=2, description="NYUv2 labeled .mat + splits.mat and BTS sync layout, 480×640, metres")
 def make_nyuv2(out: Path, size: Size, seed: int) -> None:
     from scipy.io import savemat
 
@@ -145,7 +149,7 @@ ADE_SIZES = {"small": (48, 16), "medium": (200, 50), "large": (1000, 200)}
 ADE_CLASSES = CLASSES[1:]  # label k (1..K) is CLASSES[k]; 0 = other
 
 
-@register_mini("ade20k-mini", version=1, description=f"ADEChallengeData2016 layout, K={len(ADE_CLASSES)} classes, 192×256")
+@register_mini("ade20k-mini", version=2, description=f"ADEChallengeData2016 layout, K={len(ADE_CLASSES)} classes, 192×256")
 def make_ade20k(out: Path, size: Size, seed: int) -> None:
     root = out / "ADEChallengeData2016"
     for split_id, (split, prefix, count) in enumerate(zip(("training", "validation"), ("train", "val"), ADE_SIZES[size])):
@@ -192,7 +196,7 @@ def covisibility(views, rel_tol: float = 0.03) -> np.ndarray:
     return out
 
 
-@register_mini("ff3d-mini", version=1, description="WAI scenes: scene_meta.json, PNG images, float32 .npy depth, covisibility")
+@register_mini("ff3d-mini", version=2, description="WAI scenes: scene_meta.json, PNG images, float32 .npy depth, covisibility")
 def make_ff3d(out: Path, size: Size, seed: int) -> None:
     n_scenes, n_views = FF3D_SIZES[size]
     for s in range(n_scenes):
@@ -223,7 +227,7 @@ def make_ff3d(out: Path, size: Size, seed: int) -> None:
 VQA_SIZES = {"small": (60, 20), "medium": (300, 80), "large": (1500, 300)}
 VQA_DISAGREEMENT = 0.1  # chance that each of the 10 annotators types a confusable answer
 RETRIEVAL_SIZES = {"small": (60, 10, 20), "medium": (300, 40, 80), "large": (1500, 200, 300)}
-PRETRAIN_SIZES = {"small": 200, "medium": 1000, "large": 5000}
+PRETRAIN_SIZES = {"small": 400, "medium": 2000, "large": 10000}
 FLOOR_WORDS = {"checker": "checkered", "gradient": "shaded", "flat": "plain"}
 
 
@@ -238,7 +242,7 @@ def _captioned_views(dataset: str, count: int, seed: int, split_id: int, size: i
                     yield 2 * s + k, scene, view, visible_objects(scene.objects, view.instance), rng
 
 
-@register_mini("vqa-mini", version=1, description="VQA v2 questions/annotations json, CLEVR-style templates, 10 answers")
+@register_mini("vqa-mini", version=2, description="VQA v2 questions/annotations json, CLEVR-style templates, 10 answers")
 def make_vqa(out: Path, size: Size, seed: int) -> None:
     for split_id, (split, count) in enumerate(zip(("train2014", "val2014"), VQA_SIZES[size])):
         qs, anns = [], []
@@ -260,7 +264,7 @@ def make_vqa(out: Path, size: Size, seed: int) -> None:
                     out / f"v2_mscoco_{split}_annotations.json")
 
 
-@register_mini("retrieval-mini", version=1, description="Karpathy json, 5 templated captions per image")
+@register_mini("retrieval-mini", version=2, description="Karpathy json, 5 templated captions per image")
 def make_retrieval(out: Path, size: Size, seed: int) -> None:
     images, sent_id = [], 0
     for split_id, (split, count) in enumerate(zip(("train", "val", "test"), RETRIEVAL_SIZES[size])):
@@ -277,12 +281,19 @@ def make_retrieval(out: Path, size: Size, seed: int) -> None:
     _write_json({"images": images, "dataset": "mini"}, out / "dataset_mini.json")
 
 
-@register_mini("pretrain-mini", version=1, description="unlabeled images and image–caption pairs (captions.jsonl)")
+@register_mini("pretrain-mini", version=2, description="unlabeled images (scenes + object close-ups) and image–caption pairs")
 def make_pretrain(out: Path, size: Size, seed: int) -> None:
+    """Half room views with captions (captions.jsonl), half unlabelled object close-ups drawn like
+    imagenet-mini's images but from other seeds: pretraining data from the evaluation distribution
+    without its labels, as MAE pretrains on ImageNet images."""
+    count = PRETRAIN_SIZES[size]
     lines = []
-    for idx, scene, view, visible, rng in _captioned_views("pretrain", PRETRAIN_SIZES[size], seed, 0):
-        name = f"images/{idx:06d}.jpg"
+    for idx, scene, view, visible, rng in _captioned_views("pretrain", count // 2, seed, 0):
+        name = f"images/scene_{idx:06d}.jpg"
         _save_jpg(view.rgb, out / name)
         caption = captions(visible, rng, FLOOR_WORDS[scene.floor["builtin"]], count=1)[0]
         lines.append(json.dumps({"image": name, "caption": caption}))
+    for idx in range(count - count // 2):
+        rng = _rng(seed, "pretrain", 1, idx)
+        _save_jpg(imagenet_view(int(rng.integers(len(IMAGENET_CLASSES))), rng).rgb, out / "images" / f"object_{idx:06d}.jpg")
     (out / "captions.jsonl").write_text("\n".join(lines) + "\n")

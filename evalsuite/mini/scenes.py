@@ -79,9 +79,12 @@ class View:
 
 
 def _texture(rng: np.random.Generator) -> dict:
+    """Muted room textures (grey levels with a light tint), so that objects carry the colour."""
     kind = ("checker", "gradient", "flat")[rng.integers(3)]
-    return {"builtin": kind, "rgb1": rng.uniform(0.2, 0.9, 3), "rgb2": rng.uniform(0.1, 0.8, 3),
-            "repeat": int(rng.integers(2, 9)), "mark": float(rng.uniform(0, 0.2))}
+    grey = rng.uniform(0.25, 0.85, 2)
+    tint = rng.uniform(-0.1, 0.1, (2, 3))
+    rgb1, rgb2 = np.clip(grey[:, None] + tint, 0, 1)
+    return {"builtin": kind, "rgb1": rgb1, "rgb2": rgb2, "repeat": int(rng.integers(2, 9)), "mark": float(rng.uniform(0, 0.2))}
 
 
 def sample_objects(rng: np.random.Generator, count: int, fixed: tuple[SceneObject, ...] = (),

@@ -1,0 +1,5 @@
+"""`python -m evalsuite …` (what torchrun launches)."""
+
+from .cli import app
+
+app()
