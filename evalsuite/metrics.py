@@ -46,3 +46,103 @@ def knn_classify(
             kk = min(k, kmax)
             scores[k].append((onehot[:, :kk] * weights[:, :kk, None]).sum(dim=1))
     return {k: torch.cat(v) for k, v in scores.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# Dense prediction
+# ---------------------------------------------------------------------------------------
+EIGEN_CROP = (45, 471, 41, 601)  # rows 45:471, cols 41:601 of the 480×640 NYUv2 ground truth
+DEPTH_KEYS = ("d1", "d2", "d3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog")
+MIN_VALID_PIXELS = 10
+
+
+def eigen_crop_mask(height: int, width: int, device=None) -> torch.Tensor:
+    if (height, width) != (480, 640):
+        raise ValueError(f"the Eigen crop is defined on 480×640 ground truth, got {height}×{width}")
+    top, bottom, left, right = EIGEN_CROP
+    mask = torch.zeros(height, width, dtype=torch.bool, device=device)
+    mask[top:bottom, left:right] = True
+    return mask
+
+
+def depth_metrics(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = None, min_depth: float = 1e-3,
+                  max_depth: float = 10.0, eigen_crop: bool = False) -> dict[str, float]:
+    """Monocular depth metrics on B×H×W tensors: computed per image, then averaged over images.
+
+    Valid pixels: ``min_depth < gt < max_depth`` (strict), inside ``valid`` and the Eigen crop if
+    asked. Predictions are clamped to [min_depth, max_depth]. Images with fewer than 10 valid pixels
+    are skipped (and counted in ``n_images`` only if kept). δk = share of max(gt/pred, pred/gt) < 1.25^k;
+    silog = sqrt(mean(e²) − mean(e)²) with e = log pred − log gt (no ×100; DINOv2's toolbox
+    multiplies by 100). RMSE is the mean of per-image RMSEs, not a pooled RMSE.
+    """
+    if pred.shape != gt.shape or pred.ndim != 3:
+        raise ValueError(f"pred and gt must both be B×H×W, got {tuple(pred.shape)} and {tuple(gt.shape)}")
+    mask = (gt > min_depth) & (gt < max_depth)  # in gt's own dtype, as the references compare
+    pred = pred.double().clamp(min_depth, max_depth)
+    gt = gt.double()
+    if valid is not None:
+        mask &= valid.bool()
+    if eigen_crop:
+        mask &= eigen_crop_mask(*gt.shape[1:], device=gt.device)
+    per_image = {k: [] for k in DEPTH_KEYS}
+    for p, g, m in zip(pred, gt, mask):
+        if m.sum() < MIN_VALID_PIXELS:
+            continue
+        p, g = p[m], g[m]
+        ratio = torch.maximum(g / p, p / g)
+        err = torch.log(p) - torch.log(g)
+        values = {
+            "d1": (ratio < 1.25).double().mean(), "d2": (ratio < 1.25**2).double().mean(),
+            "d3": (ratio < 1.25**3).double().mean(), "abs_rel": ((g - p).abs() / g).mean(),
+            "sq_rel": ((g - p) ** 2 / g).mean(), "rmse": ((g - p) ** 2).mean().sqrt(),
+            "rmse_log": (err**2).mean().sqrt(), "log10": (torch.log10(p) - torch.log10(g)).abs().mean(),
+            "silog": ((err**2).mean() - err.mean() ** 2).clamp_min(0).sqrt(),
+        }
+        for k, v in values.items():
+            per_image[k].append(v.item())
+    n = len(per_image["d1"])
+    if n == 0:
+        raise ValueError("no image has at least 10 valid depth pixels")
+    return {**{k: sum(v) / n for k, v in per_image.items()}, "n_images": n}
+
+
+class SegmentationMeter:
+    """Dataset-level segmentation metrics (mmseg's IoUMetric definition).
+
+    Intersections and unions are summed per class over all images; IoU per class = I/U; mIoU is the
+    mean over classes whose union is non-zero (classes absent from both prediction and ground truth
+    are excluded); mAcc likewise over classes present in the ground truth; aAcc = correct / labelled.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255):
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.intersection = torch.zeros(num_classes, dtype=torch.float64)
+        self.union = torch.zeros(num_classes, dtype=torch.float64)
+        self.pred_area = torch.zeros(num_classes, dtype=torch.float64)
+        self.label_area = torch.zeros(num_classes, dtype=torch.float64)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        keep = target != self.ignore_index
+        pred, target = pred[keep].long(), target[keep].long()
+        if target.numel() and (target.max() >= self.num_classes or target.min() < 0):
+            raise ValueError(f"target labels outside 0..{self.num_classes - 1} (ignore {self.ignore_index})")
+        if pred.numel() and (pred.max() >= self.num_classes or pred.min() < 0):
+            raise ValueError(f"predicted labels outside 0..{self.num_classes - 1}")
+        hit = pred[pred == target]
+        bins = lambda x: torch.bincount(x, minlength=self.num_classes)[: self.num_classes].double().cpu()  # noqa: E731
+        inter, area_p, area_t = bins(hit), bins(pred), bins(target)
+        self.intersection += inter
+        self.pred_area += area_p
+        self.label_area += area_t
+        self.union += area_p + area_t - inter
+
+    def compute(self) -> dict:
+        iou = self.intersection / self.union
+        acc = self.intersection / self.label_area
+        present = self.union > 0
+        return {
+            "mIoU": iou[present].mean().item() if present.any() else float("nan"),
+            "mAcc": acc[self.label_area > 0].mean().item() if (self.label_area > 0).any() else float("nan"),
+            "aAcc": (self.intersection.sum() / self.label_area.sum()).item(),
+            "per_class_iou": [float(v) if p else None for v, p in zip(iou.tolist(), present.tolist())],
+        }
