@@ -151,6 +151,8 @@ class TaskSpec:
     mini_dataset: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     mini_params: Mapping[str, Any] = field(default_factory=dict)  # overrides for the (tiny) mini world
+    presets: Mapping[str, Mapping[Any, Mapping[str, Any]]] = field(default_factory=dict)  # protocol → its params
+    quickstart: tuple[Mapping[str, Any], ...] = ()  # variants the quickstart runs (default: every combination)
     choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     variant_keys: tuple[str, ...] = ()
     description: str = ""
@@ -171,6 +173,16 @@ class TaskSpec:
                 raise ValueError(f"task {self.name!r}: {key}={value!r} is not one of {list(allowed)}")
             params[key] = value
         return dataclasses.replace(self, params=params)
+
+    def resolve(self, overrides: Mapping[str, Any] | None = None, mini: bool = False) -> "TaskSpec":
+        """Parameters in order: defaults < the chosen preset(s) < mini-world overrides < ``overrides``."""
+        overrides = dict(overrides or {})
+        spec = self.with_params(**{k: v for k, v in overrides.items() if k in self.presets})
+        for key, table in self.presets.items():
+            spec = spec.with_params(**table.get(spec.params[key], {}))
+        if mini:
+            spec = spec.with_params(**self.mini_params)
+        return spec.with_params(**overrides)
 
     @property
     def label(self) -> str:
@@ -221,6 +233,7 @@ class RunContext:
     amp_dtype: torch.dtype | None = None
     batch_size: int = 64
     num_workers: int = 0
+    work_dir: Path | None = None  # scratch space of training tasks (checkpoints to resume a killed run)
     progress: Any = None  # evalsuite.console.Progress-like; None = silent
 
     def autocast(self):

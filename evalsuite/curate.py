@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 
 from .checkpoints import BackboneSpec, build_backbone
-from .pretrain import IMAGE_SUFFIXES, PretrainConfig, _seeded
+from .pretrain import IMAGE_SUFFIXES, PretrainConfig
+from .sampling import seeded
 from .records import atomic_write_text
 from .registry import BACKBONES
 
@@ -59,7 +60,7 @@ def curate(checkpoint: str | Path, data: str | Path, min_side: int = 320, min_en
         images = [Image.open(f).convert("RGB") for f in chunk]
         passed += [min(im.size) >= min_side and colour_entropy(im) > min_entropy for im in images]
         batch = torch.stack([transform(im) for im in images])
-        noise = torch.rand(objective.noise_shape(len(chunk), grid), generator=_seeded(seed, start, 3))
+        noise = torch.rand(objective.noise_shape(len(chunk), grid), generator=seeded(seed, start, 3))
         out = objective(batch, noise)
         per_image = (((out["pred"] - _target(objective, batch)) ** 2).mean(-1) * out["mask"]).sum(1) / out["mask"].sum(1)
         losses += per_image.tolist()

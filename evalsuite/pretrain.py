@@ -20,18 +20,19 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
 from .checkpoints import BackboneSpec, create_backbone
 from .data import DataNotFoundError
 from .records import atomic_write_text
+from .sampling import GlobalBatchSampler, seeded
 from .registry import BACKBONES
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
@@ -58,10 +59,6 @@ class PretrainConfig:
     num_workers: int = 0
     save_every: int = 0  # steps between checkpoints; 0 = at the end only
     log_every: int = 10
-
-
-def _seeded(*parts: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(parts)).generate_state(1)[0]))
 
 
 def crop_resize(image: Image.Image, gen: torch.Generator, size: tuple[int, int], scale=(0.2, 1.0),
@@ -124,49 +121,8 @@ class PretrainImages(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         index, epoch = key
-        views = self.augment(Image.open(self.files[index]).convert("RGB"), _seeded(self.seed, epoch, index))
+        views = self.augment(Image.open(self.files[index]).convert("RGB"), seeded(self.seed, epoch, index))
         return (views, self.captions[index]) if self.captions is not None else views
-
-
-class GlobalBatchSampler(Sampler):
-    """Yields this rank's share of each global batch, from ``start_step`` to ``total_steps``."""
-
-    def __init__(self, n: int, batch_size: int, total_steps: int, start_step: int, seed: int, rank: int, world: int,
-                 keep_prob: np.ndarray | None = None):
-        if batch_size % world:
-            raise ValueError(f"global batch {batch_size} is not divisible by {world} processes")
-        self.n, self.batch, self.total, self.start, self.seed = n, batch_size, total_steps, start_step, seed
-        self.rank, self.world, self.keep_prob = rank, world, keep_prob
-
-    def epoch_order(self, epoch: int) -> torch.Tensor:
-        gen = _seeded(self.seed, epoch, 1)
-        order = torch.randperm(self.n, generator=gen)
-        if self.keep_prob is not None:  # soft curation: a fresh keep/drop draw every epoch
-            keep = torch.rand(self.n, generator=gen).numpy() < self.keep_prob[order.numpy()]
-            order = order[torch.from_numpy(keep)]
-        return order
-
-    def steps_per_epoch(self, epoch: int) -> int:
-        return len(self.epoch_order(epoch)) // self.batch
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        step, epoch = 0, 0
-        while step < self.total:
-            order = self.epoch_order(epoch)
-            per_epoch = len(order) // self.batch
-            if per_epoch == 0:
-                raise ValueError(f"fewer images ({len(order)}) than one global batch ({self.batch})")
-            for b in range(per_epoch):
-                if step >= self.total:
-                    return
-                if step >= self.start:
-                    batch = order[b * self.batch : (b + 1) * self.batch][self.rank :: self.world]
-                    yield [(int(i), epoch) for i in batch]
-                step += 1
-            epoch += 1
-
-    def __len__(self) -> int:
-        return self.total - self.start
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -257,7 +213,7 @@ def pretrain(cfg: PretrainConfig, progress: Any = None) -> Path:
         lr = lr_at(step, total, warmup, peak)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        noise = torch.rand(objective.noise_shape(cfg.batch_size, grid), generator=_seeded(cfg.seed, step, 2))[rank::world]
+        noise = torch.rand(objective.noise_shape(cfg.batch_size, grid), generator=seeded(cfg.seed, step, 2))[rank::world]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             outputs = model(_to(views, device), noise.to(device))
         loss = outputs["loss"]

@@ -40,7 +40,10 @@ def pretrained_checkpoint(cfg: PretrainConfig, progress=None) -> Path:
 
 
 def variants(task: str) -> list[dict]:
+    """The task's ``quickstart`` variants, or every combination of its variant parameters."""
     spec = TASKS.get(task).spec
+    if spec.quickstart:
+        return [dict(v) for v in spec.quickstart]
     options = [spec.choices.get(k, (spec.params[k],)) for k in spec.variant_keys]
     return [dict(zip(spec.variant_keys, combo)) for combo in itertools.product(*options)]
 

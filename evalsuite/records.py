@@ -109,6 +109,6 @@ def write_record(record: RunRecord, path: Path) -> Path:
 def iter_records(root: Path):
     """All records under ``root`` (temp files of interrupted writes are never matched)."""
     for path in sorted(Path(root).rglob("*.json")):
-        if path.name.startswith("."):
+        if any(part.startswith(".") for part in path.relative_to(root).parts):  # temp files, .work/
             continue
         yield path, RunRecord.load(path)

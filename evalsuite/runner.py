@@ -7,6 +7,7 @@ the cell identity (skip-if-done), seeding, timing, failure capture and the atomi
 from __future__ import annotations
 
 import math
+import shutil
 import time
 import traceback
 import uuid
@@ -51,10 +52,7 @@ def _now() -> str:
 def resolve_task(task_name: str, params: dict[str, Any] | None = None, data: str = "real"):
     """The task and its spec with the mini-world defaults (if ``data='mini'``), then ``params``."""
     task = TASKS.get(task_name)()
-    spec = task.spec
-    if data == "mini":
-        spec = spec.with_params(**spec.mini_params)
-    return task, spec.with_params(**(params or {}))
+    return task, task.spec.resolve(params, mini=data == "mini")
 
 
 def run_cell(
@@ -107,8 +105,9 @@ def run_cell(
 
     device = device or default_device()
     amp_dtype = torch.bfloat16 if (amp if amp is not None else device.type == "cuda") else None
+    work_dir = Path(out_dir) / ".work" / key[:16]  # a killed training run resumes from here
     ctx = RunContext(data_root=root, data_source=data, seed=seed, device=device, amp_dtype=amp_dtype,
-                     batch_size=batch_size, progress=progress)
+                     batch_size=batch_size, progress=progress, work_dir=work_dir)
     sha, dirty = git_state()
     started, t0 = _now(), time.perf_counter()
     base = dict(
@@ -148,6 +147,7 @@ def run_cell(
         write_record(record, out_path)
         raise RunFailed(f"{backbone} × {spec.label} failed: {type(exc).__name__}: {exc}", out_path) from exc
     write_record(record, out_path)
+    shutil.rmtree(work_dir, ignore_errors=True)
     return CellResult(record, out_path, skipped=False)
 
 

@@ -42,3 +42,62 @@ class ADE20K(Dataset):
         rgb = np.asarray(Image.open(self.images[i]).convert("RGB"))
         label = np.asarray(Image.open(self.labels[i]))
         return rgb, reduce_zero_label(label) if self.reduce_zero else label
+
+
+# ---------------------------------------------------------------------------------------
+# The task: ADE20K semantic segmentation, Pixio and DINOv2 protocols
+# ---------------------------------------------------------------------------------------
+import json  # noqa: E402
+
+import torch  # noqa: E402
+
+from evalsuite.contracts import TaskSpec  # noqa: E402
+from evalsuite.metrics import SegmentationMeter  # noqa: E402
+from evalsuite.registry import TASKS  # noqa: E402
+
+from .dense import COMMON_PARAMS, MINI_PARAMS, DenseTask  # noqa: E402
+
+ADE_NUM_CLASSES = 150
+
+SPEC = TaskSpec(
+    name="ade20k", version=1, family="segmentation", primary_metric="mIoU", higher_is_better=True, tolerance=0.5,
+    selection_split="none (last epoch)", report_split="validation", dataset="ade20k", mini_dataset="ade20k-mini",
+    params={**COMMON_PARAMS, "rescale": (0.5, 2.0)},
+    presets={"protocol": {
+        "pixio": {},
+        # DINOv2: linear on the last block, 512 crops, 40k iterations at batch 16 ≈ 32 epochs, slide 512/341.
+        "dinov2": {"head": "linear", "crop": (512, 512), "window": 512, "stride": 341, "epochs": 32},
+    }},
+    mini_params=MINI_PARAMS,
+    choices={"protocol": ("pixio", "dinov2"), "head": ("linear", "dpt"), "inference": ("slide", "whole"),
+             "selection": ("last",)},
+    variant_keys=("protocol", "head"),
+    quickstart=({"protocol": "pixio", "head": "linear"},),
+    description="ADE20K semantic segmentation (dataset-level mIoU) from a frozen backbone",
+)
+
+
+class ADE20KTask(DenseTask):
+    spec = SPEC
+    kind = "seg"
+    higher_is_better = ("mIoU", "mAcc", "aAcc")
+
+    def datasets(self, root, p):
+        return ADE20K(root, "training"), ADE20K(root, "validation"), {"report_split": "validation"}
+
+    def out_channels(self, root, p) -> int:
+        meta = Path(root) / "ADEChallengeData2016" / "classes.json"
+        return json.loads(meta.read_text())["num_classes"] if meta.is_file() else ADE_NUM_CLASSES
+
+    def score(self, out: torch.Tensor, target: torch.Tensor, p):
+        return out.argmax(dim=1)[0], target
+
+    def aggregate(self, results, p, num_classes: int) -> dict[str, float]:
+        meter = SegmentationMeter(num_classes, IGNORE_INDEX)
+        for pred, target in results:
+            meter.update(pred, target)
+        out = meter.compute()
+        return {k: 100 * out[k] for k in ("mIoU", "mAcc", "aAcc")}
+
+
+TASKS.register("ade20k", ADE20KTask)

@@ -72,3 +72,65 @@ class NYUv2Sync(Dataset):
         image = np.asarray(Image.open(self.base / rgb).convert("RGB"))
         millimetres = np.asarray(Image.open(self.base / depth), dtype=np.float32)
         return image, millimetres / 1000.0
+
+
+# ---------------------------------------------------------------------------------------
+# The task: NYUv2 depth, Pixio and DINOv2 protocols
+# ---------------------------------------------------------------------------------------
+from evalsuite.contracts import TaskSpec  # noqa: E402
+from evalsuite.metrics import DEPTH_KEYS, depth_metrics  # noqa: E402
+from evalsuite.registry import TASKS  # noqa: E402
+
+from .dense import COMMON_PARAMS, MINI_PARAMS, DenseTask  # noqa: E402
+
+PERCENT = ("d1", "d2", "d3")  # reported in %, as in the papers
+
+SPEC = TaskSpec(
+    name="nyuv2", version=1, family="depth", primary_metric="d1", higher_is_better=True, tolerance=0.5,
+    selection_split="none (last epoch)", report_split="test", dataset="nyuv2", mini_dataset="nyuv2-mini",
+    params={**COMMON_PARAMS, "min_depth": 1e-3, "max_depth": 10.0, "silog_lambda": 0.5, "eigen_crop": True,
+            "bins_blocks": 4, "layout": "auto", "rescale": ()},
+    presets={"protocol": {
+        "pixio": {},
+        # DINOv2: 416×544 crops, 256-bin head on 4 blocks, whole-image inference with flip averaging.
+        "dinov2": {"crop": (416, 544), "head": "bins", "inference": "whole", "flip_tta": True, "lr": 2e-4},
+    }},
+    mini_params=MINI_PARAMS,
+    choices={"protocol": ("pixio", "dinov2"), "head": ("linear", "dpt", "bins"), "inference": ("slide", "whole"),
+             "layout": ("auto", "sync", "labeled"), "selection": ("last",), "bins_blocks": (1, 4)},
+    variant_keys=("protocol", "head"),
+    quickstart=({"protocol": "pixio", "head": "linear"},),
+    description="NYUv2 monocular depth from a frozen backbone (Pixio DPT/linear or DINOv2 bins protocols)",
+)
+
+
+class NYUv2Task(DenseTask):
+    spec = SPEC
+    kind = "depth"
+    higher_is_better = PERCENT
+
+    def datasets(self, root, p):
+        layout = p["layout"]
+        if layout == "auto":
+            layout = "sync" if (Path(root) / SYNC_LISTS["train"][1]).is_file() else "labeled"
+        reader = NYUv2Sync if layout == "sync" else NYUv2Labeled
+        return reader(root, "train"), reader(root, "test"), {"layout": layout, "report_split": "test"}
+
+    def out_channels(self, root, p) -> int:
+        return 1
+
+    def score(self, out: torch.Tensor, target: torch.Tensor, p) -> dict | None:
+        crop = p["eigen_crop"] and tuple(target.shape) == (480, 640)
+        try:
+            return depth_metrics(out[:, 0], target[None], min_depth=p["min_depth"], max_depth=p["max_depth"], eigen_crop=crop)
+        except ValueError:  # fewer than 10 valid pixels: skipped, as the reference does
+            return None
+
+    def aggregate(self, results, p, num_outputs: int) -> dict[str, float]:
+        kept = [r for r in results if r is not None]
+        if not kept:
+            raise ValueError("no test image has 10 valid depth pixels")
+        return {k: sum(r[k] for r in kept) / len(kept) * (100 if k in PERCENT else 1) for k in DEPTH_KEYS}
+
+
+TASKS.register("nyuv2", NYUv2Task)

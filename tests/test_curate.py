@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from evalsuite.curate import colour_entropy, curate
-from evalsuite.pretrain import GlobalBatchSampler, PretrainConfig, load_curation_scores, pretrain
+from evalsuite.pretrain import PretrainConfig, load_curation_scores, pretrain
+from evalsuite.sampling import GlobalBatchSampler
 
 
 def test_colour_entropy_by_hand():
