@@ -33,6 +33,17 @@ def _parse_params(items: list[str]) -> dict[str, str]:
     return params
 
 
+def _literal(value: str):
+    """'8' → 8, '0.1' → 0.1, 'true' → True, '(0.1,0.5)' → [0.1, 0.5]; anything else stays a string."""
+    import json
+
+    text = {"true": "true", "false": "false"}.get(value.lower(), value).replace("(", "[").replace(")", "]")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return value
+
+
 def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -284,7 +295,8 @@ def pretrain(
     scores: Optional[Path] = typer.Option(None, help="Curation scores from `evalsuite curate`."),
     weights: Optional[str] = typer.Option(None, help="Start the encoder from these weights."),
     drop_path: float = typer.Option(0.0, help="Stochastic depth rate of the last block."),
-    decoder_depth: Optional[int] = typer.Option(None, help="Override the family's decoder depth."),
+    objective: List[str] = typer.Option([], "--objective", "-o",
+                                        help="Objective option KEY=VALUE (repeatable), e.g. decoder_depth=8, ibot=true."),
     image_size: Optional[int] = typer.Option(None, help="Pretraining resolution (default: the backbone's)."),
     seed: int = typer.Option(0),
     save_every: int = typer.Option(0, help="Checkpoint every N steps (0: at the end)."),
@@ -299,7 +311,7 @@ def pretrain(
         _fail(f"{out / 'checkpoint.pth'} exists: pass --resume to continue it, or another --out")
     cfg = PretrainConfig(backbone=backbone, data=data, out=str(out), steps=steps, epochs=epochs, batch_size=batch_size,
                          blr=blr, drop_path=drop_path, seed=seed, scores=str(scores) if scores else None, weights=weights,
-                         objective={"decoder_depth": decoder_depth} if decoder_depth else {},
+                         objective={k: _literal(v) for k, v in _parse_params(objective).items()},
                          num_workers=num_workers, save_every=save_every, image_size=image_size)
     with _progress() as progress:
         path = run_pretrain(cfg, progress)

@@ -153,6 +153,7 @@ class TaskSpec:
     mini_params: Mapping[str, Any] = field(default_factory=dict)  # overrides for the (tiny) mini world
     presets: Mapping[str, Mapping[Any, Mapping[str, Any]]] = field(default_factory=dict)  # protocol → its params
     quickstart: tuple[Mapping[str, Any], ...] = ()  # variants the quickstart runs (default: every combination)
+    leaderboard_metrics: tuple[str, ...] = ()  # shown in the pivot beside the primary metric
     choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     variant_keys: tuple[str, ...] = ()
     description: str = ""

@@ -15,7 +15,7 @@ from .records import iter_records
 
 TIDY_COLUMNS = [
     "data", "task", "task_version", "backbone", "weights", "seed", "metric", "split", "value",
-    "higher_is_better", "primary", "tolerance", "run_id", "finished_at",
+    "higher_is_better", "primary", "shown", "tolerance", "run_id", "finished_at",
 ]
 CELL = ["data", "task", "backbone", "metric"]  # backbone = its label: name, or name@checkpoint
 
@@ -42,6 +42,7 @@ def load_tidy(source: str | Path) -> pd.DataFrame:
                 "seed": rec.seed,
                 "metric": m["name"], "split": m["split"], "value": m["value"],
                 "higher_is_better": m["higher_is_better"], "primary": m["primary"],
+                "shown": m["primary"] or m["name"] in rec.task.get("leaderboard_metrics", ()),
                 "tolerance": rec.task["tolerance"], "run_id": rec.run_id, "finished_at": rec.finished_at,
             })
     return pd.DataFrame(rows, columns=TIDY_COLUMNS)
@@ -59,7 +60,7 @@ def cells(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean (± std over seeds) per cell."""
     if frame.empty:
         return pd.DataFrame(columns=CELL + ["value", "std", "n", "higher_is_better", "primary", "tolerance"])
-    extra = {"tolerance": ("tolerance", "first")} if "tolerance" in frame else {}
+    extra = {c: (c, "first") for c in ("tolerance", "shown") if c in frame}
     grouped = frame.groupby(CELL, as_index=False).agg(
         value=("value", "mean"), std=("value", "std"), n=("value", "size"),
         higher_is_better=("higher_is_better", "first"), primary=("primary", "first"), **extra,
@@ -68,9 +69,11 @@ def cells(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def pivots(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """One backbone × task table of primary metrics per data source ('real', 'mini')."""
+    """One backbone × task table per data source ('real', 'mini'): primary metrics, and the ones the
+    task lists in ``leaderboard_metrics`` (e.g. RMSE beside δ1)."""
     primary = cells(latest(frame))
-    primary = primary[primary["primary"].astype(bool)]
+    shown = primary["shown"] if "shown" in primary else primary["primary"]
+    primary = primary[shown.astype(bool)]
     tables = {}
     for source in ("real", "mini"):
         part = primary[primary["data"] == source]

@@ -157,4 +157,5 @@ def _task_info(spec: TaskSpec) -> dict[str, Any]:
         "params": dict(spec.params), "primary_metric": spec.primary_metric,
         "higher_is_better": spec.higher_is_better, "tolerance": spec.tolerance,
         "selection_split": spec.selection_split, "report_split": spec.report_split,
+        "leaderboard_metrics": list(spec.leaderboard_metrics),
     }

@@ -69,10 +69,11 @@ SPEC = TaskSpec(
         "dinov2": {"head": "linear", "crop": (512, 512), "window": 512, "stride": 341, "epochs": 32},
     }},
     mini_params=MINI_PARAMS,
-    choices={"protocol": ("pixio", "dinov2"), "head": ("linear", "dpt"), "inference": ("slide", "whole"),
+    choices={"protocol": ("pixio", "dinov2"), "head": ("linear", "dpt", "upernet"), "inference": ("slide", "whole"),
              "selection": ("last",)},
     variant_keys=("protocol", "head"),
     quickstart=({"protocol": "pixio", "head": "linear"},),
+    leaderboard_metrics=("aAcc",),
     description="ADE20K semantic segmentation (dataset-level mIoU) from a frozen backbone",
 )
 

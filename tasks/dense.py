@@ -5,7 +5,8 @@ Runner. Heads read `Features` from the requested blocks; every patch map is conc
 mean of the block's CLS tokens (Pixio's readout; CNNs have none).
 
 Heads (`HEADS` registry): ``linear`` (BatchNorm + 1×1 conv on the last block), ``dpt``
-(reassemble + fusion over 4 blocks), ``bins`` (DINOv2 lin.1/lin.4: 256 uniform depth bins).
+(reassemble + fusion over 4 blocks), ``bins`` (DINOv2 lin.1/lin.4: 256 uniform depth bins),
+``upernet`` (segmentation, MAE style; here on the frozen backbone — MAE's numbers fine-tune it).
 """
 
 from __future__ import annotations
@@ -130,7 +131,45 @@ class DPTHead(nn.Module):
         return self.head_out(x)
 
 
+def conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class UperNetHead(nn.Module):
+    """UperNet (Xiao et al. 2018) on a ViT, as MAE's segmentation: 4 blocks become a ×4/×2/×1/×½
+    pyramid (transposed convs / max-pool), a pyramid-pooling module (scales 1, 2, 3, 6) on the
+    coarsest level, a top-down FPN, and a fused 3×3 conv before the classifier."""
+
+    def __init__(self, in_dims: Sequence[int], out_channels: int, features: int = 512, **_):
+        super().__init__()
+        if len(in_dims) != 4:
+            raise ValueError(f"UperNet reads 4 blocks, got {len(in_dims)}")
+        d = in_dims
+        self.pyramid = nn.ModuleList([
+            nn.Sequential(nn.ConvTranspose2d(d[0], d[0], 2, 2), nn.BatchNorm2d(d[0]), nn.GELU(), nn.ConvTranspose2d(d[0], d[0], 2, 2)),
+            nn.ConvTranspose2d(d[1], d[1], 2, 2), nn.Identity(), nn.MaxPool2d(2, ceil_mode=True)])
+        self.ppm = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(s), conv_bn_relu(d[3], features, 1)) for s in (1, 2, 3, 6))
+        self.ppm_out = conv_bn_relu(d[3] + 4 * features, features, 3)
+        self.lateral = nn.ModuleList(conv_bn_relu(d[i], features, 1) for i in range(3))
+        self.fpn = nn.ModuleList(conv_bn_relu(features, features, 3) for _ in range(3))
+        self.fuse = conv_bn_relu(4 * features, features, 3)
+        self.classifier = nn.Sequential(nn.Dropout2d(0.1), nn.Conv2d(features, out_channels, 1))
+
+    def forward(self, feats: Features) -> torch.Tensor:
+        levels = [up(with_cls(feats, i)) for i, up in enumerate(self.pyramid)]
+        top = levels[3]
+        pooled = [F.interpolate(m(top), size=top.shape[-2:], mode="bilinear", align_corners=False) for m in self.ppm]
+        laterals = [lat(x) for lat, x in zip(self.lateral, levels[:3])] + [self.ppm_out(torch.cat([top, *pooled], 1))]
+        for i in (2, 1, 0):
+            laterals[i] = laterals[i] + F.interpolate(laterals[i + 1], size=laterals[i].shape[-2:], mode="bilinear", align_corners=False)
+        outs = [self.fpn[i](laterals[i]) for i in range(3)] + [laterals[3]]
+        size = outs[0].shape[-2:]
+        fused = self.fuse(torch.cat([outs[0]] + [F.interpolate(o, size=size, mode="bilinear", align_corners=False) for o in outs[1:]], 1))
+        return self.classifier(fused)
+
+
 HEADS.register("linear", LinearHead)
+HEADS.register("upernet", UperNetHead)
 HEADS.register("bins", BinsHead)
 HEADS.register("dpt", DPTHead)
 
@@ -317,7 +356,7 @@ class DenseTask:
 
     def layers(self, backbone: Backbone, params) -> tuple[int, ...]:
         depth = backbone.meta.depth
-        if params["head"] == "dpt":
+        if params["head"] in ("dpt", "upernet"):
             return tuple(backbone.meta.default_layers)
         if params["head"] == "bins":
             return tuple(range(depth - params["bins_blocks"], depth))

@@ -100,6 +100,7 @@ SPEC = TaskSpec(
              "layout": ("auto", "sync", "labeled"), "selection": ("last",), "bins_blocks": (1, 4)},
     variant_keys=("protocol", "head"),
     quickstart=({"protocol": "pixio", "head": "linear"},),
+    leaderboard_metrics=("rmse", "abs_rel"),
     description="NYUv2 monocular depth from a frozen backbone (Pixio DPT/linear or DINOv2 bins protocols)",
 )
 

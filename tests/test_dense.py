@@ -57,7 +57,7 @@ def test_silog_by_hand():
     assert silog_loss(pred, gt, 1e-3, 10.0, 0.5).item() == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("head, n_layers", [("linear", 1), ("dpt", 4), ("bins", 4)])
+@pytest.mark.parametrize("head, n_layers", [("linear", 1), ("dpt", 4), ("bins", 4), ("upernet", 4)])
 def test_heads_output_shapes(head, n_layers):
     backbone = create_backbone("pixio-tiny", "random")
     layers = list(backbone.meta.default_layers)[-n_layers:]
@@ -69,6 +69,8 @@ def test_heads_output_shapes(head, n_layers):
     assert out.shape[0] == 2 and out.shape[1] == (1 if head == "bins" else 5)
     if head == "dpt":
         assert out.shape[-2:] == (64, 96)  # exactly the input resolution
+    if head == "upernet":
+        assert out.shape[-2:] == (32, 48)  # ×4 of the 8×12 token grid, upsampled by the task
     if head == "bins":
         assert out.min() >= 1e-3 and out.max() <= 10.0  # an expectation over bin centres
 
