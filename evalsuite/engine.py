@@ -81,7 +81,8 @@ def train(model, dataset: Dataset, *, collate: Callable, batch_size: int, iters:
                                            max_keep_ckpts=1),
                            logger=dict(type="LoggerHook", interval=max(1, iters // 10)),
                            sampler_seed=None),  # GlobalBatchSampler derives its order from the seed itself
-        custom_hooks=[plain_checkpoint_hook()], randomness=dict(seed=seed), resume=resume, launcher="pytorch" if world > 1 else "none",
+        custom_hooks=[plain_checkpoint_hook()], randomness=dict(seed=seed),
+        resume=resume and (Path(work_dir) / "last_checkpoint").is_file(), launcher="pytorch" if world > 1 else "none",
         log_level="ERROR", visualizer=dict(type="Visualizer", vis_backends=[]),
     )
     logging.getLogger("mmengine").setLevel(logging.WARNING)

@@ -337,7 +337,7 @@ COMMON_PARAMS = {  # the Pixio protocol; task specs add their own and the preset
 }
 # The mini world's protocol: tiny crops, non-overlapping windows and a higher learning rate, so a
 # head learns something in the seconds the quickstart can spend (recorded in every mini record).
-MINI_PARAMS = {"epochs": 16, "batch_size": 8, "crop": (128, 128), "window": 128, "stride": 128, "dpt_features": 64,
+MINI_PARAMS = {"epochs": 10, "batch_size": 8, "crop": (128, 128), "window": 128, "stride": 128, "dpt_features": 64,
                "lr": 5e-3}
 DEFAULT_LR = {"dpt": 1e-4}  # Pixio: AdamW 1e-4 for DPT, 2e-4 for the linear head (and bins)
 

@@ -38,6 +38,7 @@ SPEC = TaskSpec(
     mini_params={"epochs": 100, "batch_size": 128},
     choices={"protocol": ("linear", "knn")},
     variant_keys=("protocol",),
+    quickstart=({"protocol": "linear"},),
     description="ImageNet-1k top-1/top-5 from frozen features (DINOv2 linear sweep or k-NN)",
 )
 
