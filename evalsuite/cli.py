@@ -144,9 +144,9 @@ def _print_pivots(tables) -> None:
     titles = {"real": "Real data", "mini": "Mini world — generated data, not comparable to published numbers"}
     for source, table in tables.items():
         out = Table(title=titles[source])
-        out.add_column("backbone")
+        out.add_column("backbone", no_wrap=True)  # never truncated: 'pixio-tiny' vs 'pixio-tiny@ckpt'
         for col in table.columns:
-            out.add_column(col, justify="right")
+            out.add_column(col, justify="right", overflow="fold")
         for name, row in table.iterrows():
             out.add_row(name, *("—" if v != v else f"{v:.4g}" for v in row))
         console.print(out)
