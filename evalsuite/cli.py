@@ -13,6 +13,8 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark visual backbones on published protocols.")
 data_app = typer.Typer(no_args_is_help=True, help="The offline mini world.")
 app.add_typer(data_app, name="data")
+cache_app = typer.Typer(no_args_is_help=True, help="The frozen-feature cache.")
+app.add_typer(cache_app, name="cache")
 console = Console()
 err = Console(stderr=True)
 
@@ -333,6 +335,28 @@ def curate(
     write_scores(result, out)
     console.print(f"{len(result['scores'])} images scored, expected kept fraction "
                   f"{result['kept_fraction_expected']:.3f}: {out}", highlight=False)
+
+
+@cache_app.command("ls")
+def cache_ls():
+    """List cached feature sets (key, backbone, reducer, split, size)."""
+    from .cache import cache_root, entries
+
+    table = Table(title=f"feature cache: {cache_root()}")
+    for col in ("key", "backbone", "weights", "reducer", "split", "n", "MB"):
+        table.add_column(col)
+    for e in entries():
+        table.add_row(e["key"][:12], e["backbone"], e["weights"][:12], e["reducer"], e["split"], str(e["n"]),
+                      f"{e['bytes'] / 2**20:.1f}")
+    console.print(table)
+
+
+@cache_app.command("rm")
+def cache_rm(match: Optional[str] = typer.Argument(None, help="A key prefix or a backbone name (default: all).")):
+    """Delete cached feature sets."""
+    from .cache import remove
+
+    console.print(f"removed {remove(match)} feature set(s)")
 
 
 @data_app.command("make-mini")

@@ -21,7 +21,8 @@ from torchvision.datasets import ImageFolder
 
 from evalsuite.contracts import Backbone, Metric, RunContext, TaskOutput, TaskSpec
 from evalsuite.data import DataNotFoundError
-from evalsuite.features import extract
+from evalsuite.cache import cached_features
+from evalsuite.data import manifest_sha256
 from evalsuite.metrics import knn_classify, topk_accuracy
 from evalsuite.registry import TASKS
 
@@ -80,9 +81,10 @@ def dinov2_grid() -> list[HeadConfig]:
 
 def train_linear_heads(
     feats: torch.Tensor, labels: torch.Tensor, num_classes: int, configs: list[HeadConfig], *,
-    epochs: int, batch_size: int, seed: int, momentum: float = 0.9,
+    epochs: int, batch_size: int, seed: int, momentum: float = 0.9, indices: torch.Tensor | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Train every head in one pass over ``feats``; returns (W Din×C, b C) per config.
+    """Train every head in one pass over ``feats[indices]`` (all rows by default; the features may be
+    an fp16 memory map: only each batch is read and converted); returns (W Din×C, b C) per config.
 
     Heads that read the same input share one batched weight tensor (heads × Din × C) and one
     matmul per step. A head's init and batch order depend only on (seed, its input), so it
@@ -93,28 +95,30 @@ def train_linear_heads(
         groups.setdefault((c.n_blocks, c.avgpool), []).append(i)
     params = {}
     for (n, pool), idx in groups.items():
-        din = HeadConfig(n, pool, 0).inputs(feats[:1]).shape[1]
+        din = HeadConfig(n, pool, 0).inputs(feats[:1].float()).shape[1]
         gen = torch.Generator().manual_seed(seed * 1009 + n * 2 + int(pool))
         w0 = torch.randn(din, num_classes, generator=gen) * 0.01
         W = w0.expand(len(idx), -1, -1).clone().requires_grad_(True)
         b = torch.zeros(len(idx), num_classes, requires_grad=True)
         lrs = torch.tensor([configs[i].lr * batch_size / 256 for i in idx])
         params[(n, pool)] = (W, b, lrs, [torch.zeros_like(W), torch.zeros_like(b)])
-    n_samples = feats.shape[0]
+    rows = torch.arange(feats.shape[0]) if indices is None else indices
+    n_samples = len(rows)
     batch_size = min(batch_size, n_samples)
     steps_per_epoch = math.ceil(n_samples / batch_size)
     total, step = epochs * steps_per_epoch, 0
     order_gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
-        perm = torch.randperm(n_samples, generator=order_gen)
+        perm = rows[torch.randperm(n_samples, generator=order_gen)]
         for start in range(0, n_samples, batch_size):
             batch = perm[start : start + batch_size]
-            x_all, y = feats[batch], labels[batch]
+            x_all, y = feats[batch].float(), labels[batch]
             scale = 0.5 * (1 + math.cos(math.pi * step / total))
             for (n, pool), (W, b, lrs, bufs) in params.items():
                 x = HeadConfig(n, pool, 0).inputs(x_all)
-                logits = torch.einsum("bd,hdc->hbc", x, W) + b[:, None]
-                loss = F.cross_entropy(logits.flatten(0, 1), y.repeat(W.shape[0]), reduction="sum") / len(batch)
+                H, D, C = W.shape  # one GEMM for all heads of the group: B×D @ D×(H·C)
+                logits = (x @ W.permute(1, 0, 2).reshape(D, H * C)).view(-1, H, C) + b
+                loss = F.cross_entropy(logits.reshape(-1, C), y.repeat_interleave(H), reduction="sum") / len(batch)
                 gW, gb = torch.autograd.grad(loss, (W, b))
                 with torch.no_grad():
                     for p, g, buf, shape in ((W, gW, bufs[0], (-1, 1, 1)), (b, gb, bufs[1], (-1, 1))):
@@ -160,13 +164,15 @@ class ImageNetTask:
             return self._knn(backbone, spec, ctx, train, val, num_classes)
         if backbone.meta.num_cls_tokens == 0:
             raise ValueError(f"{backbone.meta.name} has no CLS tokens: the DINOv2 linear grid needs them; use --protocol knn")
-        feats, labels = extract(backbone, train, ctx, linear_features, "train features")
-        val_feats, val_labels = extract(backbone, val, ctx, linear_features, "val features")
+        manifest = manifest_sha256(ctx.data_root)
+        feats, labels = cached_features(backbone, train, ctx, linear_features, "linear-v1", "train", manifest)
+        val_feats, val_labels = cached_features(backbone, val, ctx, linear_features, "linear-v1", "val", manifest)
         fit, held = heldout_split(len(labels), p["heldout_fraction"], ctx.seed)
         configs = dinov2_grid()
-        heads = train_linear_heads(feats[fit], labels[fit], num_classes, configs,
-                                   epochs=p["epochs"], batch_size=p["batch_size"], seed=ctx.seed)
-        best, held_top1, acc = select_and_report(configs, heads, feats[held], labels[held], val_feats, val_labels)
+        heads = train_linear_heads(feats, labels, num_classes, configs, epochs=p["epochs"],
+                                   batch_size=p["batch_size"], seed=ctx.seed, indices=fit)
+        best, held_top1, acc = select_and_report(configs, heads, feats[held].float(), labels[held],
+                                                 val_feats.float(), val_labels)
         return TaskOutput(
             metrics=[
                 Metric("top1", 100 * acc[1], "val", True, primary=True),
@@ -178,9 +184,10 @@ class ImageNetTask:
 
     def _knn(self, backbone, spec, ctx, train, val, num_classes) -> TaskOutput:
         reduce = lambda model, images: model.knn_embedding(images)  # noqa: E731
-        feats, labels = extract(backbone, train, ctx, reduce, "train features")
-        val_feats, val_labels = extract(backbone, val, ctx, reduce, "val features")
-        scores = knn_classify(feats, labels, val_feats, num_classes, KNN_KS, spec.params["knn_temperature"])
+        manifest = manifest_sha256(ctx.data_root)
+        feats, labels = cached_features(backbone, train, ctx, reduce, "knn-v1", "train", manifest)
+        val_feats, val_labels = cached_features(backbone, val, ctx, reduce, "knn-v1", "val", manifest)
+        scores = knn_classify(feats.float(), labels, val_feats.float(), num_classes, KNN_KS, spec.params["knn_temperature"])
         primary_k = spec.params["knn_primary_k"]
         metrics = [
             Metric(f"top1_k{k}" if k != primary_k else "top1", 100 * topk_accuracy(s, val_labels, (1,))[1], "val",

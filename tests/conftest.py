@@ -9,6 +9,7 @@ def _isolated(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("EVALSUITE_CONFIG", str(tmp_path_factory.mktemp("cfg") / "none.toml"))
     monkeypatch.delenv("EVALSUITE_DATA_ROOT", raising=False)
     monkeypatch.setenv("EVALSUITE_MINI_CACHE", str(_mini_cache(tmp_path_factory)))
+    monkeypatch.setenv("EVALSUITE_FEATURE_CACHE", str(tmp_path_factory.mktemp("features")))
     torch.manual_seed(0)
 
 
