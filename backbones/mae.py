@@ -179,7 +179,7 @@ def block_masking(noise: torch.Tensor, grid: tuple[int, int], mask_ratio: float,
     if h % block or w % block:
         raise ValueError(f"block masking needs a patch grid divisible by {block}, got {h}×{w}")
     B, n_blocks = noise.shape
-    bh, bw = h // block, w // block
+    bw = w // block
     block_order = noise.argsort(dim=1)  # B×n_blocks
     rows = torch.div(block_order, bw, rounding_mode="floor")[..., None] * block + torch.arange(block).repeat_interleave(block)
     cols = (block_order % bw)[..., None] * block + torch.arange(block).repeat(block)

@@ -77,6 +77,8 @@ class NYUv2Sync(Dataset):
 # ---------------------------------------------------------------------------------------
 # The task: NYUv2 depth, Pixio and DINOv2 protocols
 # ---------------------------------------------------------------------------------------
+import torch  # noqa: E402
+
 from evalsuite.contracts import TaskSpec  # noqa: E402
 from evalsuite.metrics import DEPTH_KEYS, depth_metrics  # noqa: E402
 from evalsuite.registry import TASKS  # noqa: E402

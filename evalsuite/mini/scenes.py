@@ -121,13 +121,12 @@ def sample_scene(rng: np.random.Generator, n_views: int = 1, n_objects: int | No
     return Scene(objects, tuple(sample_camera(rng) for _ in range(n_views)), _texture(rng), _texture(rng), lights)
 
 
-def _geom(o: SceneObject, i: int, reflections: bool) -> str:
+def _geom(o: SceneObject, i: int) -> str:
     r, s = o.radius, o.stretch
     size = {"box": f"{r * s:.4f} {r / s:.4f} {r:.4f}", "sphere": f"{r:.4f}", "cylinder": f"{r:.4f} {r * s:.4f}",
             "capsule": f"{r * 0.7:.4f} {r * 0.6 * s:.4f}", "ellipsoid": f"{r * s:.4f} {r / s:.4f} {r * 0.8:.4f}"}[o.shape]
     z = {"box": r, "sphere": r, "cylinder": r * s, "capsule": r * 0.7 + r * 0.6 * s, "ellipsoid": r * 0.8}[o.shape]
     rgba = " ".join(f"{c / 255:.3f}" for c in COLOURS[o.colour]) + " 1"
-    metal = o.material == "metal"
     return (f'<geom name="obj{i}" type="{o.shape}" size="{size}" pos="{o.x:.4f} {o.y:.4f} {z:.4f}" '
             f'euler="0 0 {o.yaw:.4f}" rgba="{rgba}" material="{o.material}"/>')
 
@@ -145,7 +144,7 @@ def scene_xml(scene: Scene, width: int, height: int, shadows: bool = False, refl
     walls = "".join(f'<geom name="wall{i}" type="box" size="{sx} {sy} {wh}" pos="{px} {py} {wh}" material="wall"/>'
                     for i, (sx, sy, px, py) in enumerate([(h, 0.05, 0, h), (h, 0.05, 0, -h), (0.05, h, h, 0), (0.05, h, -h, 0)]))
     cams = "".join(_camera_xml(c, i) for i, c in enumerate(scene.cameras))
-    objects = "".join(_geom(o, i, reflections) for i, o in enumerate(scene.objects))
+    objects = "".join(_geom(o, i) for i, o in enumerate(scene.objects))
     refl = 0.25 if reflections else 0
     return f"""<mujoco>
 <statistic extent="1" center="0 0 0.5"/>
