@@ -35,12 +35,12 @@ SPEC = TaskSpec(
     tolerance=0.5, selection_split="train (held-out slice)", report_split="val", dataset="imagenet",
     mini_dataset="imagenet-mini",
     params={"protocol": "linear", "epochs": 10, "batch_size": 1024, "heldout_fraction": 0.1,
-            "knn_temperature": 0.07, "knn_primary_k": 20},
+            "knn_temperature": 0.07, "knn_primary_k": 20, "logreg_c": (0.01, 0.1, 1.0, 10.0)},
     mini_params={"epochs": 100, "batch_size": 128},
-    choices={"protocol": ("linear", "knn")},
+    choices={"protocol": ("linear", "knn", "logreg")},
     variant_keys=("protocol",),
     quickstart=({"protocol": "linear"},),
-    description="ImageNet-1k top-1/top-5 from frozen features (DINOv2 linear sweep or k-NN)",
+    description="ImageNet-1k top-1/top-5 from frozen features (DINOv2 linear sweep, k-NN, or scikit-learn logistic regression)",
 )
 
 
@@ -162,6 +162,8 @@ class ImageNetTask:
         num_classes = len(train.classes)
         if p["protocol"] == "knn":
             return self._knn(backbone, spec, ctx, train, val, num_classes)
+        if p["protocol"] == "logreg":
+            return self._logreg(backbone, spec, ctx, train, val)
         if backbone.meta.num_cls_tokens == 0:
             raise ValueError(f"{backbone.meta.name} has no CLS tokens: the DINOv2 linear grid needs them; use --protocol knn")
         manifest = manifest_sha256(ctx.data_root)
@@ -195,6 +197,32 @@ class ImageNetTask:
             for k, s in scores.items()
         ]
         return TaskOutput(metrics=metrics, selected={"k": primary_k, "temperature": spec.params["knn_temperature"]})
+
+
+    def _logreg(self, backbone, spec, ctx, train, val) -> TaskOutput:
+        """scikit-learn logistic regression on the last block's mean CLS ⊕ mean patch token: slow, but a
+        trusted reference for the sweep. C is chosen on the same held-out slice of train."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        manifest = manifest_sha256(ctx.data_root)
+        feats, labels = cached_features(backbone, train, ctx, linear_features, "linear-v1", "train", manifest)
+        val_feats, val_labels = cached_features(backbone, val, ctx, linear_features, "linear-v1", "val", manifest)
+        x = HeadConfig(1, True, 0).inputs(feats.float()).numpy()
+        xv = HeadConfig(1, True, 0).inputs(val_feats.float()).numpy()
+        fit, held = heldout_split(len(labels), spec.params["heldout_fraction"], ctx.seed)
+        scaler = StandardScaler().fit(x[fit])
+        fitted = {c: LogisticRegression(C=c, max_iter=1000).fit(scaler.transform(x[fit]), labels[fit].numpy())
+                  for c in spec.params["logreg_c"]}
+        held_acc = {c: m.score(scaler.transform(x[held]), labels[held].numpy()) for c, m in fitted.items()}
+        best = max(held_acc, key=lambda c: (held_acc[c], -c))
+        logits = torch.from_numpy(fitted[best].decision_function(scaler.transform(xv)))
+        acc = topk_accuracy(logits, val_labels, ks=(1, 5))
+        return TaskOutput(
+            metrics=[Metric("top1", 100 * acc[1], "val", True, primary=True), Metric("top5", 100 * acc[5], "val", True),
+                     Metric("heldout_top1", 100 * held_acc[best], "train-heldout", True)],
+            selected={"C": best},
+        )
 
 
 TASKS.register("imagenet", ImageNetTask)

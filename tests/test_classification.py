@@ -97,3 +97,17 @@ def test_grid_is_the_dinov2_grid():
     assert len(grid) == 52
     assert {(c.n_blocks, c.avgpool) for c in grid} == set(itertools.product((1, 4), (False, True)))
     assert sorted({c.lr for c in grid}) == [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1]
+
+
+def test_logreg_protocol_is_a_consistent_reference(tmp_path):
+    """The trusted slow reference and the sweep agree on a random tiny backbone's mini features."""
+    from evalsuite.runner import run_cell
+
+    out = {}
+    for protocol in ("logreg", "linear"):
+        rec = run_cell("mae-tiny", "imagenet", weights="random", data="mini", params={"protocol": protocol},
+                       out_dir=tmp_path).record
+        out[protocol] = {m["name"]: m["value"] for m in rec.metrics}
+        assert rec.task["label"] == f"imagenet/{protocol}"
+    assert 0 <= out["logreg"]["top1"] <= 100 and out["logreg"]["top5"] >= out["logreg"]["top1"]
+    assert abs(out["logreg"]["top1"] - out["linear"]["top1"]) < 20  # same features, two trainers
