@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .contracts import Backbone, RunContext
 from .features import track
+from .records import atomic_directory
 
 EXTRACTOR_VERSION = 1
 
@@ -55,9 +55,7 @@ def cached_features(backbone: Backbone, dataset: Dataset, ctx: RunContext, reduc
 
 @torch.inference_mode()
 def _extract_to(folder: Path, backbone, dataset, ctx, reduce, reducer: str, split: str) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".partial"))
-    try:
+    with atomic_directory(folder) as tmp:
         loader = DataLoader(dataset, batch_size=ctx.batch_size, shuffle=False, num_workers=ctx.num_workers)
         feats, labels, row = None, np.empty(len(dataset), dtype=np.int64), 0
         backbone.eval()
@@ -75,12 +73,6 @@ def _extract_to(folder: Path, backbone, dataset, ctx, reduce, reducer: str, spli
         np.save(tmp / "labels.npy", labels)
         (tmp / "meta.json").write_text(json.dumps({"backbone": backbone.meta.name, "weights": backbone.meta.weights,
                                                    "reducer": reducer, "split": split, "n": len(dataset)}))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def entries() -> list[dict]:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
 from ..data import MANIFEST, file_sha256, files_digest
+from ..records import atomic_directory
 from ..registry import MINI_DATASETS
 
 Size = Literal["small", "medium", "large"]
@@ -70,15 +69,7 @@ def ensure_mini(name: str, size: Size = "small", seed: int = 0, force: bool = Fa
     target = mini_dir(name, size, seed)
     if (target / MANIFEST).is_file() and not force:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))
-    try:
+    with atomic_directory(target) as tmp:
         spec.generate(tmp, size, seed)
         write_manifest(tmp, {"name": name, "version": spec.version, "seed": seed, "size": size, "mini": True})
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
