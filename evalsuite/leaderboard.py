@@ -49,10 +49,16 @@ def load_tidy(source: str | Path) -> pd.DataFrame:
 
 
 def latest(frame: pd.DataFrame) -> pd.DataFrame:
-    """Keep the newest run of every (cell, seed, weights): re-runs replace, seeds add up."""
-    if frame.empty or "finished_at" not in frame:
+    """Keep each task's newest version only (a version bump retires older numbers), then the newest
+    run of every (cell, seed, weights): re-runs replace, seeds add up."""
+    if frame.empty:
         return frame
-    keys = CELL + ["seed", "weights", "task_version"]
+    if "task_version" in frame:
+        newest = frame.groupby(["data", "task"])["task_version"].transform("max")
+        frame = frame[frame["task_version"] == newest]
+    if "finished_at" not in frame:
+        return frame
+    keys = CELL + ["seed", "weights"]
     return frame.sort_values("finished_at").drop_duplicates(keys, keep="last")
 
 

@@ -31,7 +31,7 @@ KNN_KS = (10, 20, 100, 200)
 N_LAST = 4  # CLS of the last 4 blocks are extracted; heads read the last 1 or all 4
 
 SPEC = TaskSpec(
-    name="imagenet", version=1, family="classification", primary_metric="top1", higher_is_better=True,
+    name="imagenet", version=2, family="classification", primary_metric="top1", higher_is_better=True,
     tolerance=0.5, selection_split="train (held-out slice)", report_split="val", dataset="imagenet",
     mini_dataset="imagenet-mini",
     params={"protocol": "linear", "epochs": 10, "batch_size": 1024, "heldout_fraction": 0.1,

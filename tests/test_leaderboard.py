@@ -42,6 +42,12 @@ def test_seeds_average_and_reruns_replace():
     assert pivots(rows)["real"].iloc[0, 0] == 3.0
 
 
+def test_a_task_version_bump_retires_older_numbers():
+    rows = frame([("real", "t", "b", "m", 50.0, True), ("real", "t", "b", "m", 70.0, True)])
+    rows.loc[0, "task_version"] = 2  # the older run, but of the newer version
+    assert pivots(rows)["real"].iloc[0, 0] == 50.0
+
+
 def test_compare_marks_better_side_by_direction():
     a = frame([("real", "cls", "m", "top1", 70.0, True), ("real", "depth", "m", "rmse", 0.40, False)])
     b = frame([("real", "cls", "m", "top1", 72.0, True), ("real", "depth", "m", "rmse", 0.45, False)])
