@@ -373,10 +373,10 @@ class DenseTask:
         layers = self.layers(backbone, p)
         in_dims = [readout_dim(backbone, i) for i in layers]
         n_out = self.out_channels(ctx.data_root, p)
+        lo, hi = p.get("min_depth", 1e-3), p.get("max_depth", 10.0)  # segmentation specs have no depth range
         head = HEADS.get(p["head"])(in_dims, n_out, features=p["dpt_features"], patch_size=backbone.meta.patch_size,
-                                    min_depth=p.get("min_depth", 1e-3), max_depth=p.get("max_depth", 10.0))
-        model = dense_model(backbone, head, layers, self.kind, p.get("min_depth", 1e-3), p.get("max_depth", 10.0),
-                            p.get("silog_lambda", 0.5)).to(ctx.device)
+                                    min_depth=lo, max_depth=hi)
+        model = dense_model(backbone, head, layers, self.kind, lo, hi, p.get("silog_lambda", 0.5)).to(ctx.device)
         pre = backbone.meta.preprocess
         trainset = DenseTrainSet(train_base, self.kind, CropConfig(tuple(p["crop"]), p.get("rescale") or None),
                                  pre.mean, pre.std, ctx.seed)
