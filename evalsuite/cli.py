@@ -80,7 +80,8 @@ def _print_record(result) -> None:
         table.add_column(col, justify="right" if col == "value" else "left")
     for m in rec.metrics:
         name = f"[bold]{m['name']}[/]" if m["primary"] else m["name"]
-        table.add_row(name, m["split"], f"{m['value']:.4g}")
+        value = f"{m['value']:.4g}" + (f" ± {m['std']:.2g}" if m.get("std") is not None else "")
+        table.add_row(name, m["split"], value)
     console.print(table)
     if rec.selected:
         console.print(f"selected: {rec.selected}", highlight=False)
@@ -97,6 +98,9 @@ def run(
     mini_size: str = typer.Option("small", help="Mini-world size: small|medium|large."),
     protocol: Optional[str] = typer.Option(None, help="Task protocol variant."),
     head: Optional[str] = typer.Option(None, help="Head variant of dense tasks."),
+    blocks: Optional[int] = typer.Option(None, help="Trainable last blocks of --protocol partial-ft."),
+    label_fraction: Optional[float] = typer.Option(None, help="Train on this seeded per-class fraction of the labels."),
+    seeds: Optional[int] = typer.Option(None, help="Repeat training with seeds SEED … SEED+N−1; records mean ± std."),
     param: List[str] = typer.Option([], "--param", "-p", help="Protocol parameter KEY=VALUE (repeatable)."),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("results/runs"), help="Folder of result records."),
@@ -106,7 +110,8 @@ def run(
 ):
     """Evaluate one backbone on one task and write a result record."""
     params = _parse_params(param)
-    for key, value in (("protocol", protocol), ("head", head)):
+    for key, value in (("protocol", protocol), ("head", head), ("blocks", blocks), ("label_fraction", label_fraction),
+                       ("seeds", seeds)):
         if value is not None:
             params[key] = value
     if data == "mini" and data_root is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -53,13 +53,18 @@ def plain_checkpoint_hook():
 
 def train(model, dataset: Dataset, *, collate: Callable, batch_size: int, iters: int, lr: float, weight_decay: float,
           warmup_iters: int, work_dir: Path, seed: int, resume: bool = False, checkpoint_interval: int = 0,
-          amp: bool = False, poly_power: float = 0.9):
-    """AdamW, linear warm-up then poly decay, iteration-based, on a deterministic global-batch order.
+          amp_dtype: torch.dtype | None = None, poly_power: float = 0.9, schedule: str = "poly", min_lr_ratio: float = 0.0,
+          betas: tuple[float, float] = (0.9, 0.999), param_groups: list[dict] | None = None, hooks: Sequence = ()):
+    """AdamW, linear warm-up then poly (dense heads) or cosine (fine-tuning) decay, iteration-based,
+    on a deterministic global-batch order.
 
-    Checkpoints go to ``work_dir`` every ``checkpoint_interval`` iterations (and at the end); with
-    ``resume`` the latest one is loaded and its iterations are skipped in the data order, so a killed
-    run ends in the same state as an uninterrupted one.
+    ``param_groups`` (e.g. `evalsuite.finetune.param_groups`: per-group lr and weight decay) default
+    to all trainable parameters at ``lr``; schedules scale every group's own lr, down to
+    ``min_lr_ratio`` of it. Checkpoints go to ``work_dir`` every ``checkpoint_interval`` iterations (and
+    at the end); with ``resume`` the latest one is loaded and its iterations are skipped in the data
+    order, so a killed run ends in the same state as an uninterrupted one.
     """
+    from mmengine.optim import AmpOptimWrapper, OptimWrapper
     from mmengine.runner import Runner
 
     allow_mmengine_checkpoints()
@@ -68,20 +73,27 @@ def train(model, dataset: Dataset, *, collate: Callable, batch_size: int, iters:
     sampler = GlobalBatchSampler(len(dataset), batch_size, iters, 0, seed, rank, world)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
     warmup_iters = max(1, min(warmup_iters, iters - 1))
+    if param_groups is None:
+        param_groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups]
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay)
+    if schedule == "poly":
+        decay = dict(type="PolyLR", power=poly_power, eta_min=0.0, by_epoch=False, begin=warmup_iters, end=iters)
+    elif schedule == "cosine":
+        decay = dict(type="CosineAnnealingLR", T_max=iters - warmup_iters, eta_min_ratio=min_lr_ratio, by_epoch=False,
+                     begin=warmup_iters, end=iters)
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}")
     runner = Runner(
         model=model, work_dir=str(work_dir), train_dataloader=loader,
-        optim_wrapper=dict(type="AmpOptimWrapper" if amp else "OptimWrapper",
-                           optimizer=dict(type="AdamW", lr=lr, weight_decay=weight_decay)),
-        param_scheduler=[
-            dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=warmup_iters),
-            dict(type="PolyLR", power=poly_power, eta_min=0.0, by_epoch=False, begin=warmup_iters, end=iters),
-        ],
+        optim_wrapper=AmpOptimWrapper(optimizer=optimizer, dtype=amp_dtype) if amp_dtype else OptimWrapper(optimizer=optimizer),
+        param_scheduler=[dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=warmup_iters), decay],
         train_cfg=dict(by_epoch=False, max_iters=iters),
         default_hooks=dict(checkpoint=dict(type="CheckpointHook", interval=checkpoint_interval or iters, by_epoch=False,
                                            max_keep_ckpts=1),
                            logger=dict(type="LoggerHook", interval=max(1, iters // 10)),
                            sampler_seed=None),  # GlobalBatchSampler derives its order from the seed itself
-        custom_hooks=[plain_checkpoint_hook()], randomness=dict(seed=seed),
+        custom_hooks=[plain_checkpoint_hook(), *hooks], randomness=dict(seed=seed),
         resume=resume and (Path(work_dir) / "last_checkpoint").is_file(), launcher="pytorch" if world > 1 else "none",
         log_level="ERROR", visualizer=dict(type="Visualizer", vis_backends=[]),
     )

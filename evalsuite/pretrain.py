@@ -31,12 +31,12 @@ from torch.utils.data import DataLoader, Dataset
 from . import __version__
 from .checkpoints import BackboneSpec, create_backbone
 from .data import DataNotFoundError
+from .finetune import no_weight_decay
 from .records import atomic_write_text
 from .sampling import GlobalBatchSampler, seeded
 from .registry import BACKBONES
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
-NO_DECAY_NAMES = ("cls_token", "register_tokens", "pos_embed", "mask_token")
 
 
 @dataclass
@@ -130,7 +130,7 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.split(".")[-1] in NO_DECAY_NAMES or name.endswith("decoder_pos_embed") else decay).append(p)
+        (no_decay if no_weight_decay(name, p) else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

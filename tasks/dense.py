@@ -385,7 +385,7 @@ class DenseTask:
         model = engine.train(model, trainset, collate=collate, batch_size=min(p["batch_size"], len(trainset)),
                              iters=iters, lr=p["lr"] or DEFAULT_LR.get(p["head"], 2e-4), weight_decay=p["weight_decay"],
                              warmup_iters=int(p["warmup"] * iters), work_dir=work_dir, seed=ctx.seed, resume=True,
-                             checkpoint_interval=p["checkpoint_interval"], amp=ctx.amp_dtype is not None)
+                             checkpoint_interval=p["checkpoint_interval"], amp_dtype=ctx.amp_dtype)
         metrics = self.evaluate(model, test_base, p, pre, backbone.meta.patch_size, ctx, n_out)
         out = [Metric(name, value, info["report_split"], name in self.higher_is_better, primary=name == spec.primary_metric)
                for name, value in metrics.items()]

@@ -1,12 +1,19 @@
 """ImageNet-1k classification on frozen features: the DINOv2 linear sweep and weighted k-NN.
 
 Data: ImageFolder ``train/<wnid>/*`` and ``val/<wnid>/*``; eval transform = the backbone's own
-preprocessing (Resize 256 + CenterCrop 224 bicubic for MAE/DINO, squash 256 for Pixio).
+preprocessing (Resize 256 + CenterCrop 224 bicubic for MAE/DINO, squash 256 for Pixio). Low-shot
+runs train on a labelled subset of train: ``label_fraction`` (seeded per class by ``subset_seed``,
+the same images for every backbone and run seed) or ``label_subset``, a file of image names in
+the format of the standard 1 %/10 % lists (SimCLR's ``1percent.txt``: one ``n01440764_10026.JPEG``
+per line).
 
 Linear protocol (DINOv2): 52 heads = n_last_blocks {1, 4} × avgpool {no, yes} × 13 learning
 rates, all trained together in one pass over the extracted features (SGD momentum 0.9, cosine,
 lr × batch/256). Unlike DINOv2, the head is chosen on a seeded held-out slice of train and
-val is evaluated once, for that head only.
+val is evaluated once, for that head only. ``seeds`` > 1 repeats head training (init, batch
+order, held-out slice) on the same cached features and records mean ± std over seeds.
+
+End-to-end protocols (``finetune``, ``partial-ft``, ``ln-ft``): see `tasks.imagenet_ft`.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from evalsuite.cache import cached_features
 from evalsuite.data import manifest_sha256
 from evalsuite.metrics import knn_classify, topk_accuracy
 from evalsuite.registry import TASKS
+from evalsuite.sampling import seeded
 
 LINEAR_LRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
 KNN_KS = (10, 20, 100, 200)
@@ -34,13 +42,20 @@ SPEC = TaskSpec(
     name="imagenet", version=2, family="classification", primary_metric="top1", higher_is_better=True,
     tolerance=0.5, selection_split="train (held-out slice)", report_split="val", dataset="imagenet",
     mini_dataset="imagenet-mini",
-    params={"protocol": "linear", "epochs": 10, "batch_size": 1024, "heldout_fraction": 0.1,
-            "knn_temperature": 0.07, "knn_primary_k": 20, "logreg_c": (0.01, 0.1, 1.0, 10.0)},
-    mini_params={"epochs": 100, "batch_size": 128},
-    choices={"protocol": ("linear", "knn", "logreg")},
+    params={"protocol": "linear", "label_fraction": 1.0, "label_subset": "", "subset_seed": 0, "seeds": 1,
+            # linear sweep (on cached features)
+            "epochs": 10, "batch_size": 1024, "heldout_fraction": 0.1,
+            "knn_temperature": 0.07, "knn_primary_k": 20, "logreg_c": (0.01, 0.1, 1.0, 10.0),
+            # end-to-end (MAE ViT-B fine-tuning recipe; L/H: ft_epochs 50, blr 1e-3, layer_decay 0.75, drop_path 0.2/0.3)
+            "blocks": 4, "ft_epochs": 100, "ft_batch_size": 1024, "blr": 5e-4, "layer_decay": 0.65, "drop_path": 0.1,
+            "ft_weight_decay": 0.05, "warmup_epochs": 5, "min_lr": 1e-6, "mixup": 0.8, "cutmix": 1.0,
+            "label_smoothing": 0.1, "randaug": "rand-m9-mstd0.5-inc1", "reprob": 0.25, "checkpoint_interval": 0},
+    mini_params={"epochs": 100, "batch_size": 128, "ft_epochs": 10, "ft_batch_size": 32, "warmup_epochs": 1, "blr": 1e-3},
+    choices={"protocol": ("linear", "knn", "logreg", "partial-ft", "ln-ft", "finetune")},
     variant_keys=("protocol",),
     quickstart=({"protocol": "linear"},),
-    description="ImageNet-1k top-1/top-5 from frozen features (DINOv2 linear sweep, k-NN, or scikit-learn logistic regression)",
+    description="ImageNet-1k top-1/top-5: frozen features (DINOv2 linear sweep, k-NN, scikit-learn logistic "
+                "regression) or trained end to end (fine-tuning, partial, LayerNorm-only)",
 )
 
 
@@ -49,6 +64,37 @@ def load_split(root: Path, split: str, transform) -> ImageFolder:
     if not folder.is_dir():
         raise DataNotFoundError(f"ImageNet split {split!r} not found at {folder}: expected ImageFolder {split}/<class>/*.JPEG")
     return ImageFolder(str(folder), transform=transform)
+
+
+def labelled_rows(dataset: ImageFolder, fraction: float, subset_file: str, subset_seed: int) -> torch.Tensor:
+    """Indices of the training images whose labels a low-shot run may use (all by default)."""
+    if subset_file and fraction != 1.0:
+        raise ValueError("give label_fraction or label_subset, not both")
+    if subset_file:
+        names = {line.strip() for line in Path(subset_file).read_text().splitlines() if line.strip()}
+        rows = [i for i, (path, _) in enumerate(dataset.samples) if Path(path).name in names]
+        found = {Path(dataset.samples[i][0]).name for i in rows}
+        if found != names:
+            missing = sorted(names - found)
+            raise ValueError(f"{len(missing)} images of {subset_file} are not in the train split, e.g. {missing[:3]}")
+        return torch.tensor(rows)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
+    targets = torch.tensor(dataset.targets)
+    if fraction == 1.0:
+        return torch.arange(len(targets))
+    rows = []
+    for c in range(len(dataset.classes)):
+        members = torch.nonzero(targets == c).flatten()
+        keep = max(1, round(len(members) * fraction))
+        rows.append(members[torch.randperm(len(members), generator=seeded(subset_seed, c, 17))[:keep]])
+    return torch.cat(rows).sort().values
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single seed)."""
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), (float(t.std()) if len(values) > 1 else None)
 
 
 def linear_features(backbone: Backbone, images: torch.Tensor) -> torch.Tensor:
@@ -160,46 +206,78 @@ class ImageNetTask:
         if train.classes != val.classes:
             raise ValueError("train and val have different class folders")
         num_classes = len(train.classes)
+        rows = labelled_rows(train, p["label_fraction"], p["label_subset"], p["subset_seed"])
+        seeds = [ctx.seed + i for i in range(p["seeds"])]
+        if p["protocol"] in ("knn", "logreg") and len(seeds) > 1:
+            raise ValueError(f"--protocol {p['protocol']} has no training randomness: seeds must be 1")
         if p["protocol"] == "knn":
-            return self._knn(backbone, spec, ctx, train, val, num_classes)
+            return self._knn(backbone, spec, ctx, train, val, num_classes, rows)
         if p["protocol"] == "logreg":
-            return self._logreg(backbone, spec, ctx, train, val)
+            return self._logreg(backbone, spec, ctx, train, val, rows)
+        if p["protocol"] != "linear":
+            return self._end_to_end(backbone, p, ctx, val, num_classes, rows, seeds)
         if backbone.meta.num_cls_tokens == 0:
             raise ValueError(f"{backbone.meta.name} has no CLS tokens: the DINOv2 linear grid needs them; use --protocol knn")
         manifest = manifest_sha256(ctx.data_root)
         feats, labels = cached_features(backbone, train, ctx, linear_features, "linear-v1", "train", manifest)
         val_feats, val_labels = cached_features(backbone, val, ctx, linear_features, "linear-v1", "val", manifest)
-        fit, held = heldout_split(len(labels), p["heldout_fraction"], ctx.seed)
         configs = dinov2_grid()
-        heads = train_linear_heads(feats, labels, num_classes, configs, epochs=p["epochs"],
-                                   batch_size=p["batch_size"], seed=ctx.seed, indices=fit)
-        best, held_top1, acc = select_and_report(configs, heads, feats[held].float(), labels[held],
-                                                 val_feats.float(), val_labels)
-        return TaskOutput(
-            metrics=[
-                Metric("top1", 100 * acc[1], "val", True, primary=True),
-                Metric("top5", 100 * acc[5], "val", True),
-                Metric("heldout_top1", 100 * held_top1, "train-heldout", True),
-            ],
-            selected={**asdict(configs[best]), "num_heads": len(configs)},
-        )
+        runs = []
+        for seed in seeds:
+            fit, held = heldout_split(len(rows), p["heldout_fraction"], seed)
+            fit, held = rows[fit], rows[held]
+            heads = train_linear_heads(feats, labels, num_classes, configs, epochs=p["epochs"],
+                                       batch_size=p["batch_size"], seed=seed, indices=fit)
+            best, held_top1, acc = select_and_report(configs, heads, feats[held].float(), labels[held],
+                                                     val_feats.float(), val_labels)
+            runs.append({"seed": seed, "top1": 100 * acc[1], "top5": 100 * acc[5], "heldout_top1": 100 * held_top1,
+                         **asdict(configs[best])})
+        selected = {k: runs[0][k] for k in ("n_blocks", "avgpool", "lr")} if len(runs) == 1 else {"per_seed": runs}
+        return TaskOutput(self._seed_metrics(runs, {"top1": "val", "top5": "val", "heldout_top1": "train-heldout"}),
+                          selected={**selected, "num_heads": len(configs), "labelled_images": len(rows)})
 
-    def _knn(self, backbone, spec, ctx, train, val, num_classes) -> TaskOutput:
+    @staticmethod
+    def _seed_metrics(runs: list[dict], splits: dict[str, str]) -> list[Metric]:
+        out = []
+        for name, split in splits.items():
+            mean, std = mean_std([r[name] for r in runs])
+            out.append(Metric(name, mean, split, True, primary=name == "top1", std=std))
+        return out
+
+    def _end_to_end(self, backbone, p, ctx, val, num_classes, rows, seeds) -> TaskOutput:
+        import copy
+
+        from .imagenet_ft import run_end_to_end
+
+        train = load_split(ctx.data_root, "train", transform=None)  # PIL images: the recipe augments them
+        runs = []
+        for seed in seeds:
+            model = copy.deepcopy(backbone) if len(seeds) > 1 else backbone
+            acc, info = run_end_to_end(model, dict(p), ctx, train, rows, val, num_classes, seed)
+            runs.append({"seed": seed, "top1": 100 * acc[1], "top5": 100 * acc[5], **info})
+        selected = {"selection": "final model (no epoch selection)", "labelled_images": len(rows),
+                    **({k: v for k, v in runs[0].items() if k not in ("seed", "top1", "top5")} if len(runs) == 1
+                       else {"per_seed": runs})}
+        return TaskOutput(self._seed_metrics(runs, {"top1": "val", "top5": "val"}), selected=selected)
+
+    def _knn(self, backbone, spec, ctx, train, val, num_classes, rows) -> TaskOutput:
         reduce = lambda model, images: model.knn_embedding(images)  # noqa: E731
         manifest = manifest_sha256(ctx.data_root)
         feats, labels = cached_features(backbone, train, ctx, reduce, "knn-v1", "train", manifest)
         val_feats, val_labels = cached_features(backbone, val, ctx, reduce, "knn-v1", "val", manifest)
-        scores = knn_classify(feats.float(), labels, val_feats.float(), num_classes, KNN_KS, spec.params["knn_temperature"])
+        scores = knn_classify(feats[rows].float(), labels[rows], val_feats.float(), num_classes, KNN_KS,
+                              spec.params["knn_temperature"])
         primary_k = spec.params["knn_primary_k"]
         metrics = [
             Metric(f"top1_k{k}" if k != primary_k else "top1", 100 * topk_accuracy(s, val_labels, (1,))[1], "val",
                    True, primary=k == primary_k)
             for k, s in scores.items()
         ]
-        return TaskOutput(metrics=metrics, selected={"k": primary_k, "temperature": spec.params["knn_temperature"]})
+        return TaskOutput(metrics=metrics, selected={"k": primary_k, "temperature": spec.params["knn_temperature"],
+                                                     "labelled_images": len(rows)})
 
 
-    def _logreg(self, backbone, spec, ctx, train, val) -> TaskOutput:
+    def _logreg(self, backbone, spec, ctx, train, val, rows) -> TaskOutput:
         """scikit-learn logistic regression on the last block's mean CLS ⊕ mean patch token: slow, but a
         trusted reference for the sweep. C is chosen on the same held-out slice of train."""
         from sklearn.linear_model import LogisticRegression
@@ -210,7 +288,8 @@ class ImageNetTask:
         val_feats, val_labels = cached_features(backbone, val, ctx, linear_features, "linear-v1", "val", manifest)
         x = HeadConfig(1, True, 0).inputs(feats.float()).numpy()
         xv = HeadConfig(1, True, 0).inputs(val_feats.float()).numpy()
-        fit, held = heldout_split(len(labels), spec.params["heldout_fraction"], ctx.seed)
+        fit, held = heldout_split(len(rows), spec.params["heldout_fraction"], ctx.seed)
+        fit, held = rows[fit], rows[held]
         scaler = StandardScaler().fit(x[fit])
         fitted = {c: LogisticRegression(C=c, max_iter=1000).fit(scaler.transform(x[fit]), labels[fit].numpy())
                   for c in spec.params["logreg_c"]}
@@ -221,7 +300,7 @@ class ImageNetTask:
         return TaskOutput(
             metrics=[Metric("top1", 100 * acc[1], "val", True, primary=True), Metric("top5", 100 * acc[5], "val", True),
                      Metric("heldout_top1", 100 * held_acc[best], "train-heldout", True)],
-            selected={"C": best},
+            selected={"C": best, "labelled_images": len(rows)},
         )
 
 
