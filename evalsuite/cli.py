@@ -136,26 +136,30 @@ def leaderboard(
         _fail(str(exc))
     if tidy_csv is not None:
         latest(frame).to_csv(tidy_csv, index=False)
-    tables = pivots(frame)
+    tables, stds = pivots(frame), pivots(frame, "std")
     if not tables:
         _fail(f"no finished results in {results}", code=1)
     if format == "table":
-        _print_pivots(tables)
+        _print_pivots(tables, stds)
     elif format in ("csv", "md", "html"):
-        sys.stdout.write(render(tables, format) + "\n")
+        sys.stdout.write(render(tables, format, stds) + "\n")
     else:
         _fail(f"unknown format {format!r}: table|csv|md|html")
 
 
-def _print_pivots(tables) -> None:
+def _print_pivots(tables, stds=None) -> None:
+    from .leaderboard import format_cell
+
     titles = {"real": "Real data", "mini": "Mini world — generated data, not comparable to published numbers"}
     for source, table in tables.items():
         out = Table(title=titles[source])
         out.add_column("backbone", no_wrap=True)  # never truncated: 'pixio-tiny' vs 'pixio-tiny@ckpt'
         for col in table.columns:
             out.add_column(col, justify="right", overflow="fold")
+        spread = (stds or {}).get(source)
         for name, row in table.iterrows():
-            out.add_row(name, *("—" if v != v else f"{v:.4g}" for v in row))
+            out.add_row(name, *(format_cell(v, None if spread is None else spread.at[name, col], ".4g")
+                                for col, v in row.items()))
         console.print(out)
 
 

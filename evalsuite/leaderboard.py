@@ -14,7 +14,7 @@ import pandas as pd
 from .records import iter_records
 
 TIDY_COLUMNS = [
-    "data", "task", "task_version", "backbone", "weights", "seed", "metric", "split", "value",
+    "data", "task", "task_version", "backbone", "weights", "seed", "metric", "split", "value", "std",
     "higher_is_better", "primary", "shown", "tolerance", "run_id", "finished_at",
 ]
 CELL = ["data", "task", "backbone", "metric"]  # backbone = its label: name, or name@checkpoint
@@ -40,7 +40,7 @@ def load_tidy(source: str | Path) -> pd.DataFrame:
                 "data": rec.data["source"], "task": rec.task["label"], "task_version": rec.task["version"],
                 "backbone": rec.backbone.get("label", rec.backbone["name"]), "weights": rec.backbone["weights"],
                 "seed": rec.seed,
-                "metric": m["name"], "split": m["split"], "value": m["value"],
+                "metric": m["name"], "split": m["split"], "value": m["value"], "std": m.get("std"),
                 "higher_is_better": m["higher_is_better"], "primary": m["primary"],
                 "shown": m["primary"] or m["name"] in rec.task.get("leaderboard_metrics", ()),
                 "tolerance": rec.task["tolerance"], "run_id": rec.run_id, "finished_at": rec.finished_at,
@@ -63,20 +63,28 @@ def latest(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def cells(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean (± std over seeds) per cell."""
+    """Mean ± std per cell: the std over the cell's records (one per seed), or, for a single record,
+    the std it carries itself (a run that repeated its training over ``seeds``)."""
     if frame.empty:
         return pd.DataFrame(columns=CELL + ["value", "std", "n", "higher_is_better", "primary", "tolerance"])
     extra = {c: (c, "first") for c in ("tolerance", "shown") if c in frame}
+    if "std" in frame:
+        extra["record_std"] = ("std", "first")
     grouped = frame.groupby(CELL, as_index=False).agg(
         value=("value", "mean"), std=("value", "std"), n=("value", "size"),
         higher_is_better=("higher_is_better", "first"), primary=("primary", "first"), **extra,
     )
+    if "record_std" in grouped:
+        single = grouped["n"] == 1
+        grouped.loc[single, "std"] = pd.to_numeric(grouped.loc[single, "record_std"], errors="coerce")
+        grouped = grouped.drop(columns="record_std")
     return grouped
 
 
-def pivots(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def pivots(frame: pd.DataFrame, column: str = "value") -> dict[str, pd.DataFrame]:
     """One backbone × task table per data source ('real', 'mini'): primary metrics, and the ones the
-    task lists in ``leaderboard_metrics`` (e.g. RMSE beside δ1)."""
+    task lists in ``leaderboard_metrics`` (e.g. RMSE beside δ1). ``column="std"`` gives the matching
+    tables of standard deviations over seeds (NaN where there is a single seed)."""
     primary = cells(latest(frame))
     shown = primary["shown"] if "shown" in primary else primary["primary"]
     primary = primary[shown.astype(bool)]
@@ -86,7 +94,8 @@ def pivots(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
         if part.empty:
             continue
         part = part.assign(column=part["task"] + " · " + part["metric"] + _arrow(part["higher_is_better"]))
-        tables[source] = part.pivot_table(index="backbone", columns="column", values="value", aggfunc="first")
+        tables[source] = part.pivot_table(index="backbone", columns="column", values=column, aggfunc="first",
+                                          dropna=False).reindex(columns=sorted(part["column"].unique()))
     return tables
 
 
@@ -94,27 +103,45 @@ def _arrow(higher: pd.Series) -> pd.Series:
     return higher.astype(bool).map({True: " ↑", False: " ↓"})
 
 
-def render(tables: dict[str, pd.DataFrame], fmt: str) -> str:
+def render(tables: dict[str, pd.DataFrame], fmt: str, stds: dict[str, pd.DataFrame] | None = None) -> str:
+    """Markdown/HTML cells read ``mean ± std`` where a cell has several seeds; CSV gets a ``… std`` column."""
     titles = {"real": "Real data", "mini": "Mini world (generated data — not comparable to published numbers)"}
     out = []
     for source, table in tables.items():
         shown = table.round(4)
+        spread = (stds or {}).get(source)
+        spread = spread.reindex_like(table).round(4) if spread is not None else None
         if fmt == "md":
-            out.append(f"## {titles[source]}\n\n{_markdown(shown)}\n")
+            out.append(f"## {titles[source]}\n\n{_markdown(shown, spread)}\n")
         elif fmt == "html":
-            out.append(f"<h2>{titles[source]}</h2>\n{shown.to_html(na_rep='—')}")
+            out.append(f"<h2>{titles[source]}</h2>\n{_cells_text(shown, spread).to_html()}")
         elif fmt == "csv":
+            if spread is not None and spread.notna().any().any():
+                shown = shown.join(spread.add_suffix(" std"))
             out.append(shown.assign(data=source).reset_index().to_csv(index=False))
         else:
             raise ValueError(f"unknown format {fmt!r}")
     return "\n".join(out)
 
 
-def _markdown(table: pd.DataFrame) -> str:
+def format_cell(value: float, std: float | None = None, spec: str = "g") -> str:
+    if pd.isna(value):
+        return "—"
+    return f"{value:{spec}}" + ("" if std is None or pd.isna(std) else f" ± {std:.2g}")
+
+
+def _cells_text(table: pd.DataFrame, spread: pd.DataFrame | None) -> pd.DataFrame:
+    text = table.copy().astype(object)
+    for col in table.columns:
+        text[col] = [format_cell(v, None if spread is None else spread.at[i, col]) for i, v in table[col].items()]
+    return text
+
+
+def _markdown(table: pd.DataFrame, spread: pd.DataFrame | None = None) -> str:
+    text = _cells_text(table, spread)
     header = [table.index.name or "", *map(str, table.columns)]
-    rows = [[str(idx), *("—" if pd.isna(v) else f"{v:g}" for v in row)] for idx, row in zip(table.index, table.to_numpy())]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["| " + " | ".join([str(idx), *row]) + " |" for idx, row in zip(text.index, text.to_numpy())]
     return "\n".join(lines)
 
 

@@ -42,6 +42,21 @@ def test_seeds_average_and_reruns_replace():
     assert pivots(rows)["real"].iloc[0, 0] == 3.0
 
 
+def test_std_over_seeds_or_carried_by_the_record_is_rendered():
+    rows = frame([("real", "t", "b", "m", 1.0, True), ("real", "t", "b", "m", 3.0, True),
+                  ("real", "t", "c", "m", 5.0, True)])
+    rows.loc[1, "seed"] = 1
+    rows["std"] = [None, None, 0.25]  # c: one record that repeated its training over several seeds
+    stds = pivots(rows, "std")["real"]
+    assert stds.loc["b"].iloc[0] == pytest.approx(2**0.5) and stds.loc["c"].iloc[0] == 0.25
+    md = render(pivots(rows), "md", pivots(rows, "std"))
+    assert "| b | 2 ± 1.4 |" in md and "| c | 5 ± 0.25 |" in md
+    csv = render(pivots(rows), "csv", pivots(rows, "std"))
+    assert "t · m ↑ std" in csv.splitlines()[0]
+    single = frame([("real", "t", "b", "m", 1.0, True)])
+    assert "±" not in render(pivots(single), "md", pivots(single, "std"))
+
+
 def test_a_task_version_bump_retires_older_numbers():
     rows = frame([("real", "t", "b", "m", 50.0, True), ("real", "t", "b", "m", 70.0, True)])
     rows.loc[0, "task_version"] = 2  # the older run, but of the newer version
