@@ -13,6 +13,11 @@ lr × batch/256). Unlike DINOv2, the head is chosen on a seeded held-out slice o
 val is evaluated once, for that head only. ``seeds`` > 1 repeats head training (init, batch
 order, held-out slice) on the same cached features and records mean ± std over seeds.
 
+MAE's linear probe (``mae-linear``, the protocol of MAE's published linear numbers): BatchNorm
+without affine + linear on the last block's CLS token, LARS, 90 epochs; a fixed recipe, so nothing
+is selected. Like the sweep it reads cached centre-crop features, where MAE augments with
+RandomResizedCrop + flip.
+
 End-to-end protocols (``finetune``, ``partial-ft``, ``ln-ft``): see `tasks.imagenet_ft`.
 """
 
@@ -46,12 +51,16 @@ SPEC = TaskSpec(
             # linear sweep (on cached features)
             "epochs": 10, "batch_size": 1024, "heldout_fraction": 0.1,
             "knn_temperature": 0.07, "knn_primary_k": 20, "logreg_c": (0.01, 0.1, 1.0, 10.0),
+            # MAE's linear probe (LARS)
+            "lin_epochs": 90, "lin_batch_size": 16384, "lin_blr": 0.1, "lin_warmup_epochs": 10,
             # end-to-end (MAE ViT-B fine-tuning recipe; L/H: ft_epochs 50, blr 1e-3, layer_decay 0.75, drop_path 0.2/0.3)
             "blocks": 4, "ft_epochs": 100, "ft_batch_size": 1024, "blr": 5e-4, "layer_decay": 0.65, "drop_path": 0.1,
             "ft_weight_decay": 0.05, "warmup_epochs": 5, "min_lr": 1e-6, "mixup": 0.8, "cutmix": 1.0,
             "label_smoothing": 0.1, "randaug": "rand-m9-mstd0.5-inc1", "reprob": 0.25, "checkpoint_interval": 0},
-    mini_params={"epochs": 100, "batch_size": 128, "ft_epochs": 10, "ft_batch_size": 32, "warmup_epochs": 1, "blr": 1e-3},
-    choices={"protocol": ("linear", "knn", "logreg", "partial-ft", "ln-ft", "finetune")},
+    # LARS steps are relative to ‖w‖: the mini world keeps MAE's absolute lr (0.1·16384/256 = 6.4) at batch 128
+    mini_params={"epochs": 100, "batch_size": 128, "ft_epochs": 10, "ft_batch_size": 32, "warmup_epochs": 1, "blr": 1e-3,
+                 "lin_batch_size": 128, "lin_blr": 12.8},
+    choices={"protocol": ("linear", "mae-linear", "knn", "logreg", "partial-ft", "ln-ft", "finetune")},
     variant_keys=("protocol",),
     quickstart=({"protocol": "linear"},),
     description="ImageNet-1k top-1/top-5: frozen features (DINOv2 linear sweep, k-NN, scikit-learn logistic "
@@ -186,6 +195,66 @@ def heldout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, tor
     return perm[n_held:], perm[:n_held]
 
 
+# ---------------------------------------------------------------------------------------
+# MAE's linear probe
+# ---------------------------------------------------------------------------------------
+def feature_statistics(feats: torch.Tensor, rows: torch.Tensor, config: HeadConfig, chunk: int = 65536):
+    """Mean and biased variance of a head's input over ``rows``, streamed in float64 chunks so that a
+    memory-mapped bank is never loaded whole."""
+    total = sq = None
+    for start in range(0, len(rows), chunk):
+        x = config.inputs(feats[rows[start : start + chunk]].float()).double()
+        total = x.sum(0) if total is None else total + x.sum(0)
+        sq = (x**2).sum(0) if sq is None else sq + (x**2).sum(0)
+    mean = total / len(rows)
+    return mean.float(), (sq / len(rows) - mean**2).clamp_min(0).float()
+
+
+def lars_step(params: list[torch.Tensor], grads: list[torch.Tensor], buffers: list[torch.Tensor], lr: float,
+              momentum: float = 0.9, trust: float = 0.001) -> None:
+    """MAE's LARS (``util/lars.py``, weight decay 0): matrices get the update scaled by
+    ``trust·‖p‖/‖g‖`` (1 where a norm is 0); biases get plain SGD with momentum."""
+    with torch.no_grad():
+        for p, g, buf in zip(params, grads, buffers):
+            if p.ndim > 1:
+                p_norm, g_norm = p.norm(), g.norm()
+                g = g * torch.where((p_norm > 0) & (g_norm > 0), trust * p_norm / g_norm, torch.ones(()))
+            buf.mul_(momentum).add_(g)
+            p.sub_(lr * buf)
+
+
+def train_mae_linear_head(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, rows: torch.Tensor, *,
+                          epochs: int, batch_size: int, blr: float, warmup_epochs: int, seed: int):
+    """MAE's linear probe on the last block's (mean) CLS token: BatchNorm1d(affine=False, eps 1e-6)
+    then a linear layer (trunc-normal std 0.01), LARS, lr = blr·batch/256, per-iteration linear warm-up
+    then half-cosine to 0. On cached features BatchNorm's statistics are those of the training rows
+    (what its running estimates converge to); the returned (W, b) fold them in, so they act on raw
+    features like the sweep's heads."""
+    config = HeadConfig(1, False, blr)
+    mean, var = feature_statistics(feats, rows, config)
+    inv_std = (var + 1e-6).rsqrt()
+    gen = seeded(seed, 23)
+    W = torch.nn.init.trunc_normal_(torch.empty(len(mean), num_classes), std=0.01, a=-0.02, b=0.02, generator=gen)
+    b = torch.zeros(num_classes)
+    W.requires_grad_(True)
+    b.requires_grad_(True)
+    buffers = [torch.zeros_like(W), torch.zeros_like(b)]
+    batch_size = min(batch_size, len(rows))
+    steps = math.ceil(len(rows) / batch_size)
+    lr = blr * batch_size / 256
+    for epoch in range(epochs):
+        perm = rows[torch.randperm(len(rows), generator=gen)]
+        for i, start in enumerate(range(0, len(rows), batch_size)):
+            batch = perm[start : start + batch_size]
+            t = epoch + i / steps
+            scale = t / warmup_epochs if t < warmup_epochs else 0.5 * (1 + math.cos(math.pi * (t - warmup_epochs) / (epochs - warmup_epochs)))
+            x = (config.inputs(feats[batch].float()) - mean) * inv_std
+            loss = F.cross_entropy(x @ W + b, labels[batch])
+            lars_step([W, b], list(torch.autograd.grad(loss, (W, b))), buffers, lr * scale)
+    W, b = W.detach(), b.detach()
+    return config, W * inv_std[:, None], b - (mean * inv_std) @ W
+
+
 def select_and_report(
     configs: list[HeadConfig], heads, sel_x, sel_y, rep_x, rep_y
 ) -> tuple[int, float, dict[int, float]]:
@@ -214,13 +283,15 @@ class ImageNetTask:
             return self._knn(backbone, spec, ctx, train, val, num_classes, rows)
         if p["protocol"] == "logreg":
             return self._logreg(backbone, spec, ctx, train, val, rows)
-        if p["protocol"] != "linear":
+        if p["protocol"] not in ("linear", "mae-linear"):
             return self._end_to_end(backbone, p, ctx, val, num_classes, rows, seeds)
         if backbone.meta.num_cls_tokens == 0:
             raise ValueError(f"{backbone.meta.name} has no CLS tokens: the DINOv2 linear grid needs them; use --protocol knn")
         manifest = manifest_sha256(ctx.data_root)
         feats, labels = cached_features(backbone, train, ctx, linear_features, "linear-v1", "train", manifest)
         val_feats, val_labels = cached_features(backbone, val, ctx, linear_features, "linear-v1", "val", manifest)
+        if p["protocol"] == "mae-linear":
+            return self._mae_linear(p, feats, labels, val_feats, val_labels, num_classes, rows, seeds)
         configs = dinov2_grid()
         runs = []
         for seed in seeds:
@@ -235,6 +306,19 @@ class ImageNetTask:
         selected = {k: runs[0][k] for k in ("n_blocks", "avgpool", "lr")} if len(runs) == 1 else {"per_seed": runs}
         return TaskOutput(self._seed_metrics(runs, {"top1": "val", "top5": "val", "heldout_top1": "train-heldout"}),
                           selected={**selected, "num_heads": len(configs), "labelled_images": len(rows)})
+
+    def _mae_linear(self, p, feats, labels, val_feats, val_labels, num_classes, rows, seeds) -> TaskOutput:
+        """One fixed recipe, nothing to select: every labelled row trains, val is scored once."""
+        runs = []
+        for seed in seeds:
+            config, W, b = train_mae_linear_head(feats, labels, num_classes, rows, epochs=p["lin_epochs"],
+                                                 batch_size=p["lin_batch_size"], blr=p["lin_blr"],
+                                                 warmup_epochs=p["lin_warmup_epochs"], seed=seed)
+            acc = topk_accuracy(config.inputs(val_feats.float()) @ W + b, val_labels, ks=(1, 5))
+            runs.append({"seed": seed, "top1": 100 * acc[1], "top5": 100 * acc[5]})
+        selected = {"selection": "none (fixed recipe)", "labelled_images": len(rows),
+                    **({"per_seed": runs} if len(runs) > 1 else {})}
+        return TaskOutput(self._seed_metrics(runs, {"top1": "val", "top5": "val"}), selected=selected)
 
     @staticmethod
     def _seed_metrics(runs: list[dict], splits: dict[str, str]) -> list[Metric]:

@@ -100,14 +100,51 @@ def test_grid_is_the_dinov2_grid():
 
 
 def test_logreg_protocol_is_a_consistent_reference(tmp_path):
-    """The trusted slow reference and the sweep agree on a random tiny backbone's mini features."""
+    """The trusted slow reference, the sweep and MAE's probe agree on a random tiny backbone's mini features."""
     from evalsuite.runner import run_cell
 
     out = {}
-    for protocol in ("logreg", "linear"):
+    for protocol in ("logreg", "linear", "mae-linear"):
         rec = run_cell("mae-tiny", "imagenet", weights="random", data="mini", params={"protocol": protocol},
                        out_dir=tmp_path).record
         out[protocol] = {m["name"]: m["value"] for m in rec.metrics}
         assert rec.task["label"] == f"imagenet/{protocol}"
     assert 0 <= out["logreg"]["top1"] <= 100 and out["logreg"]["top5"] >= out["logreg"]["top1"]
     assert abs(out["logreg"]["top1"] - out["linear"]["top1"]) < 20  # same features, two trainers
+    assert abs(out["mae-linear"]["top1"] - out["linear"]["top1"]) < 20 and out["mae-linear"]["top1"] > 100 / 15
+
+
+def test_lars_step_hand_computed():
+    from tasks.imagenet import lars_step
+
+    W, b = torch.tensor([[3.0, 4.0]]), torch.tensor([1.0])
+    gW, gb = torch.tensor([[0.6, 0.8]]), torch.tensor([2.0])
+    buffers = [torch.zeros_like(W), torch.zeros_like(b)]
+    lars_step([W, b], [gW, gb], buffers, lr=10.0)
+    # matrix: trust·‖W‖/‖g‖ = 0.001·5/1 scales the gradient; the bias gets plain SGD
+    assert torch.allclose(W, torch.tensor([[3.0 - 10 * 0.005 * 0.6, 4.0 - 10 * 0.005 * 0.8]]))
+    assert torch.allclose(b, torch.tensor([1.0 - 10 * 2.0]))
+    lars_step([W, b], [torch.zeros_like(W), torch.zeros_like(b)], buffers, lr=10.0)  # zero gradient: momentum only
+    assert torch.allclose(b, torch.tensor([1.0 - 10 * 2.0 * 1.9]))
+
+
+def test_mae_linear_folds_batchnorm_into_the_head():
+    """The returned head on raw features equals BatchNorm(affine=False, train statistics) then the linear layer."""
+    from tasks.imagenet import HeadConfig, feature_statistics, train_mae_linear_head
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (60,), generator=gen)
+    feats = torch.randn(60, 5, 4, generator=gen) * 7 + 3
+    feats[:, 3, 0] += 40 * labels  # the last block's CLS separates the classes
+    rows = torch.arange(50)
+    config, W, b = train_mae_linear_head(feats, labels, 3, rows, epochs=100, batch_size=16, blr=100.0, warmup_epochs=3, seed=0)
+    mean, var = feature_statistics(feats, rows, config, chunk=7)
+    x = config.inputs(feats[rows])
+    assert torch.allclose(mean, x.mean(0), atol=1e-4) and torch.allclose(var, x.var(0, unbiased=False), atol=1e-3)
+    bn = torch.nn.BatchNorm1d(4, affine=False, eps=1e-6).eval()
+    bn.running_mean, bn.running_var = mean, var
+    W_raw = W / (var + 1e-6).rsqrt()[:, None]
+    b_raw = b + (mean * (var + 1e-6).rsqrt()) @ W_raw
+    assert torch.allclose(bn(x) @ W_raw + b_raw, x @ W + b, atol=1e-4)
+    assert config == HeadConfig(1, False, 100.0)
+    assert topk_accuracy(config.inputs(feats[50:]) @ W + b, labels[50:], ks=(1,))[1] >= 0.9
