@@ -44,4 +44,9 @@ def seed_everything(seed: int) -> None:
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """cuda (this process's GPU under torchrun: ``LOCAL_RANK``) if available, else cpu."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    import os
+
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

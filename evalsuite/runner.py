@@ -7,6 +7,7 @@ the cell identity (skip-if-done), seeding, timing, failure capture and the atomi
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 import traceback
@@ -76,7 +77,8 @@ def run_cell(
     """Evaluate one cell and write its record; an identical finished cell is returned as skipped.
 
     ``weights_label`` names the checkpoint in leaderboards (default: the first 8 hex digits of its
-    sha256); random weights keep the bare backbone name.
+    sha256); random weights keep the bare backbone name. Under torchrun every rank runs the cell
+    (training is DDP, evaluation is repeated) and rank 0 alone writes the record.
     """
     if data not in ("real", "mini"):
         raise ValueError(f"data must be 'real' or 'mini', got {data!r}")
@@ -103,6 +105,7 @@ def run_cell(
         if existing.status == "ok":
             return CellResult(existing, out_path, skipped=True)
 
+    is_writer = int(os.environ.get("RANK", "0")) == 0
     device = device or default_device()
     amp_dtype = torch.bfloat16 if (amp if amp is not None else device.type == "cuda") else None
     work_dir = Path(out_dir) / ".work" / key[:16]  # a killed training run resumes from here
@@ -144,10 +147,12 @@ def run_cell(
             timings={"total_s": time.perf_counter() - t0},
             error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}",
         )
-        write_record(record, out_path)
+        if is_writer:
+            write_record(record, out_path)
         raise RunFailed(f"{backbone} × {spec.label} failed: {type(exc).__name__}: {exc}", out_path) from exc
-    write_record(record, out_path)
-    shutil.rmtree(work_dir, ignore_errors=True)
+    if is_writer:
+        write_record(record, out_path)
+        shutil.rmtree(work_dir, ignore_errors=True)
     return CellResult(record, out_path, skipped=False)
 
 

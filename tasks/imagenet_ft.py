@@ -135,8 +135,10 @@ def run_end_to_end(backbone: Backbone, p: dict, ctx: RunContext, train: Dataset,
         set_drop_path(backbone, p["drop_path"])
     model = classifier(backbone, num_classes, p, seed).to(ctx.device)
     batch_size = min(p["ft_batch_size"], len(train_rows))
-    if (p["mixup"] > 0 or p["cutmix"] > 0) and batch_size % 2:
-        raise ValueError(f"mixup/cutmix pair samples within a batch: ft_batch_size {batch_size} must be even")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if (p["mixup"] > 0 or p["cutmix"] > 0) and (batch_size // world) % 2:
+        raise ValueError(f"mixup/cutmix pair samples within each process's batch: ft_batch_size {batch_size} over "
+                         f"{world} process(es) must give an even per-process batch")
     steps_per_epoch = max(1, len(train_rows) // batch_size)
     iters = max(2, p["ft_epochs"] * steps_per_epoch)
     lr = p["blr"] * batch_size / 256
@@ -149,7 +151,6 @@ def run_end_to_end(backbone: Backbone, p: dict, ctx: RunContext, train: Dataset,
                          work_dir=work_dir, seed=seed, resume=True, checkpoint_interval=p["checkpoint_interval"],
                          amp_dtype=ctx.amp_dtype, schedule="cosine", min_lr_ratio=min(1.0, p["min_lr"] / lr),
                          param_groups=groups, hooks=[iteration_seed_hook(seed, rank)])
-    model = getattr(model, "module", model)  # DDP-wrapped under torchrun
     acc = evaluate(model, val, ctx, batch_size=ctx.batch_size)
     trainable = sum(t.numel() for t in model.parameters() if t.requires_grad)
     return acc, {"iterations": iters, "lr": lr, "trainable_params": trainable, "epochs": math.ceil(iters / steps_per_epoch)}
