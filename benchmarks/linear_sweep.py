@@ -64,7 +64,9 @@ def extraction_seconds_per_image(name: str, images: int = 16) -> tuple[float, in
     return (time.perf_counter() - start) / images, backbone.meta.embed_dim
 
 
-def sklearn_ratio(dim: int, n: int = 2000, classes: int = 100) -> None:
+def sklearn_ratio(n: int = 20000, dim: int = 192, classes: int = 100) -> None:
+    """n ≫ d like ImageNet (1.28M images, ≤ 5·1280 dims). scikit-learn's cost is lbfgs iterations ×
+    full passes, so the ratio scales with the iterations a problem needs; they are printed."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -74,15 +76,17 @@ def sklearn_ratio(dim: int, n: int = 2000, classes: int = 100) -> None:
     start = time.perf_counter()
     train_linear_heads(feats, labels, classes, dinov2_grid(), epochs=EPOCHS, batch_size=1024, seed=0)
     sweep = time.perf_counter() - start
-    fits = []
+    fits, iterations = [], []
     for n_blocks, pool in ((1, False), (4, True)):  # the smallest and the largest input of the grid
         x = HeadConfig(n_blocks, pool, 0).inputs(feats.float()).numpy()
         start = time.perf_counter()
-        LogisticRegression(C=1.0, max_iter=1000).fit(StandardScaler().fit_transform(x), labels.numpy())
+        model = LogisticRegression(C=1.0, max_iter=1000).fit(StandardScaler().fit_transform(x), labels.numpy())
         fits.append(time.perf_counter() - start)
+        iterations.append(int(model.n_iter_[0]))
     sequential = sum(fits) / len(fits) * len(dinov2_grid())
-    print(f"3. scikit-learn, 52 sequential fits ≈ {sequential:.0f}s vs the sweep {sweep:.1f}s "
-          f"({n} × {dim}-d features, {classes} classes, {EPOCHS} epochs): {sequential / sweep:.0f}× (goal ≥ 20×)")
+    print(f"3. scikit-learn, 52 sequential fits ≈ {sequential:.0f}s vs the sweep {sweep:.1f}s ({n} × {dim}·(1…5)-d "
+          f"synthetic features, {classes} classes, {EPOCHS} epochs): {sequential / sweep:.1f}× (goal ≥ 20×); lbfgs "
+          f"converged in {iterations} iterations ({sequential / sweep / (sum(iterations) / 2):.2f}× the sweep per iteration)")
 
 
 def mini_cache_ratio() -> float:
@@ -119,7 +123,7 @@ def main() -> None:
         print(f"  1. head training alone: 52 heads ÷ 1 head = {sweep / one:.1f}× (52× the FLOPs)")
         print(f"  2. whole cell (extraction + heads): 52 ÷ 1 = {cold / (extract * IMAGENET_TRAIN + one):.2f}× (goal ≤ 2×)")
         print(f"  4. warm cache (heads only) ÷ cold = {100 * sweep / cold:.0f} % (goal ≤ 10 %)")
-    sklearn_ratio(dim=5 * 768, n=1000 if args.quick else 2000)
+    sklearn_ratio(n=5000 if args.quick else 20000)
     mini_cache_ratio()
 
 
