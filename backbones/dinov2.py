@@ -9,6 +9,7 @@ antialiasing for the register models.
 from __future__ import annotations
 
 import math
+import re
 from functools import partial
 
 import torch
@@ -41,13 +42,20 @@ class DINOv2(ViT):
         return self.forward_features(images, norm=True).cls[-1][:, 0]
 
 
+_CHUNKED_BLOCK = re.compile(r"^blocks\.\d+\.(\d+)\.")
+
+
 def convert(state: dict) -> dict:
+    """Official, Hugging Face, chunked or our pretraining layout → our (= official) keys.
+
+    DINOv2 models built with ``block_chunks > 0`` (its training configs) store block i of chunk c as
+    ``blocks.c.i.…``, i being the global index (each chunk is padded with Identity placeholders)."""
     state = state.get("model", state)
     if is_transformers_layout(state):
         return from_transformers(state, ("dinov2.",))
     if any(k.startswith("encoder.") for k in state):
         return {k.removeprefix("encoder."): v for k, v in state.items()}
-    return dict(state)
+    return {_CHUNKED_BLOCK.sub(r"blocks.\1.", k): v for k, v in state.items()}
 
 
 def make_spec(name: str, dim: int, depth: int, heads: int, registers: int, swiglu: bool, file: str | None,

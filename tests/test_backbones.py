@@ -230,6 +230,21 @@ def test_save_load_round_trip_gives_identical_features(tmp_path, suffix):
     assert len(loaded.meta.weights) == 64
 
 
+def test_dinov2_chunked_checkpoint_loads_into_flat_blocks(tmp_path):
+    """DINOv2 with block_chunks=4 names block i of chunk c ``blocks.c.i`` (global i, Identity padding)."""
+    model = create_backbone("dino-tiny", "random")
+    chunked = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("blocks."):
+            i = int(key.split(".")[1])
+            key = f"blocks.{i // 2}.{key.removeprefix('blocks.')}"
+        chunked[key] = value
+    assert "blocks.3.7.norm1.weight" in chunked
+    torch.save(chunked, tmp_path / "chunked.pth")
+    loaded = create_backbone("dino-tiny", str(tmp_path / "chunked.pth"))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
 def test_feature_contract_shapes_and_layer_indexing():
     model = create_backbone("dino-tiny", "random")
     x = torch.randn(3, 3, 32, 64)
