@@ -1,4 +1,5 @@
 import itertools
+import math
 
 import pytest
 import torch
@@ -148,3 +149,28 @@ def test_mae_linear_folds_batchnorm_into_the_head():
     assert torch.allclose(bn(x) @ W_raw + b_raw, x @ W + b, atol=1e-4)
     assert config == HeadConfig(1, False, 100.0)
     assert topk_accuracy(config.inputs(feats[50:]) @ W + b, labels[50:], ks=(1,))[1] >= 0.9
+
+
+def test_sweep_steps_equal_autograd_sgd_with_momentum():
+    """The hand-written CE gradient and in-place momentum update against torch.optim.SGD on autograd."""
+    gen = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 4, (40,), generator=gen)
+    feats = torch.randn(40, 5, 6, generator=gen)
+    config = HeadConfig(4, True, 0.5)
+    (W0, b0), = train_linear_heads(feats, labels, 4, [config], epochs=0, batch_size=20, seed=1)
+    (W, b), = train_linear_heads(feats, labels, 4, [config], epochs=2, batch_size=20, seed=1)
+    Wr, br = W0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
+    opt = torch.optim.SGD([Wr, br], lr=0.5 * 20 / 256, momentum=0.9)
+    order = torch.Generator().manual_seed(1)
+    step = 0
+    for _ in range(2):
+        perm = torch.randperm(40, generator=order)
+        for start in (0, 20):
+            batch = perm[start : start + 20]
+            for group in opt.param_groups:
+                group["lr"] = 0.5 * 20 / 256 * 0.5 * (1 + math.cos(math.pi * step / 4))
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(config.inputs(feats[batch]) @ Wr + br, labels[batch]).backward()
+            opt.step()
+            step += 1
+    assert torch.allclose(W, Wr.detach(), atol=1e-6) and torch.allclose(b, br.detach(), atol=1e-6)
