@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -237,3 +238,28 @@ def test_mlm_masks_15_percent_with_80_10_10():
     share_same = (inputs[chosen] == ids[chosen]).float().mean().item()
     assert share_mask == pytest.approx(0.8, abs=0.03) and share_same == pytest.approx(0.1, abs=0.03)
     assert torch.equal(inputs[~chosen], ids[~chosen])
+
+
+def test_quickstart_pretrains_once_then_evaluates_every_mini_task_next_to_random_twins(monkeypatch, tmp_path):
+    from evalsuite import quickstart
+    from evalsuite.registry import TASKS
+
+    trained = []
+
+    def fake_pretrain(cfg, progress=None):
+        trained.append(cfg)
+        Path(cfg.out).mkdir(parents=True)
+        (Path(cfg.out) / "checkpoint.pth").write_bytes(b"")
+
+    calls = []
+    monkeypatch.setattr(quickstart, "pretrain", fake_pretrain)
+    for _ in range(2):  # the second run finds the cached checkpoints
+        calls = [(b, t, w, label) for b, t, w, label in
+                 quickstart.run(tmp_path, run_one=lambda b, t, weights, weights_label, **kw: (b, t, weights, weights_label))]
+    assert [c.backbone for c in trained] == ["pixio-tiny", "mae-tiny"]
+    assert all(c.image_size == 64 and c.steps == 400 for c in trained)
+    mini_tasks = [t for t in TASKS.names() if TASKS.get(t).spec.mini_dataset]
+    assert {t for _, t, _, _ in calls} == set(mini_tasks)
+    per_task = [(b, w == "random", label) for b, t, w, label in calls if t == "imagenet"]
+    assert sorted(per_task) == sorted([("pixio-tiny", True, None), ("mae-tiny", True, None), ("dino-tiny", True, None),
+                                       ("pixio-tiny", False, "mini-pretrained"), ("mae-tiny", False, "mini-pretrained")])
