@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -20,3 +22,19 @@ def _mini_cache(factory):
     if "path" not in _CACHE:
         _CACHE["path"] = factory.mktemp("mini-cache")
     return _CACHE["path"]
+
+
+def run_cli_record(args: list[str], out, processes: int = 1, port: int = 29540) -> dict:
+    """Run ``evalsuite ARGS --out OUT`` (under torchrun when ``processes`` > 1) and return the one record
+    it must leave, whatever the number of processes."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(port)]
+    done = subprocess.run([sys.executable, *(launcher if processes > 1 else []), "-m", "evalsuite", *args, "--out", str(out)],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (path,) = Path(out).rglob("*.json")
+    return json.loads(path.read_text())

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from conftest import run_cli_record
 from evalsuite.checkpoints import create_backbone
 from evalsuite.contracts import RunContext
 from evalsuite.environment import seed_everything
@@ -123,20 +124,8 @@ def test_two_process_torchrun_dense_head_matches_one_process(tmp_path):
     """The frozen backbone and a DPT head (no BatchNorm) under DDP see the same global batches as one
     process; rank 0 alone writes the record. SiLog is a statistic of each process's batch (as in every
     DDP depth trainer), so the numbers are close rather than equal."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["run", "-b", "pixio-tiny", "-t", "nyuv2", "--data", "mini", "--weights", "random", "--head", "dpt",
             "-p", "epochs=1", "-p", "batch_size=4", "-p", "dpt_features=32"]
-    metrics = {}
-    for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--nproc_per_node", "2",
-                                                 "--master_port", "29547"])):
-        done = subprocess.run([sys.executable, *launcher, "-m", "evalsuite", *args, "--out", str(tmp_path / name)],
-                              env=env, capture_output=True, text=True, timeout=400)
-        assert done.returncode == 0, done.stderr[-3000:]
-        (path,) = (tmp_path / name).rglob("*.json")
-        metrics[name] = {m["name"]: m["value"] for m in json.loads(path.read_text())["metrics"]}
-    assert metrics["one"] == pytest.approx(metrics["two"], rel=0.02)
+    metrics = {n: {m["name"]: m["value"] for m in run_cli_record(args, tmp_path / str(n), n, 29547)["metrics"]}
+               for n in (1, 2)}
+    assert metrics[1] == pytest.approx(metrics[2], rel=0.02)

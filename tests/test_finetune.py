@@ -1,16 +1,13 @@
 """End-to-end ImageNet protocols: layer-wise lr decay, trainable sets, keyed randomness, label
 fractions, multi-seed records, and mmengine fine-tuning with resume."""
 
-import json
-import os
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import run_cli_record
 from evalsuite.checkpoints import create_backbone
 from evalsuite.contracts import RunContext
 from evalsuite.environment import seed_everything
@@ -189,18 +186,10 @@ def test_finetune_resume_after_kill_ends_in_the_same_state(tmp_path, monkeypatch
 def test_two_process_torchrun_finetune_matches_one_process(tmp_path):
     """DDP under torchrun: with the per-iteration randomness off (mixup, drop-path) both runs take the same
     global batches and average the same gradients, so they score the same; rank 0 alone writes."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["run", "-b", "mae-tiny", "-t", "imagenet", "--data", "mini", "--weights", "random", "--protocol", "finetune",
             "--label-fraction", "0.25", "-p", "ft_epochs=1", "-p", "ft_batch_size=16", "-p", "mixup=0.0",
             "-p", "cutmix=0.0", "-p", "drop_path=0.0"]
-    records = {}
-    for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--nproc_per_node", "2",
-                                                 "--master_port", "29541"])):
-        done = subprocess.run([sys.executable, *launcher, "-m", "evalsuite", *args, "--out", str(tmp_path / name)],
-                              env=env, capture_output=True, text=True, timeout=400)
-        assert done.returncode == 0, done.stderr[-3000:]
-        (path,) = (tmp_path / name).rglob("*.json")  # one record, whatever the number of processes
-        records[name] = json.loads(path.read_text())
+    records = {n: run_cli_record(args, tmp_path / str(n), n, 29541) for n in (1, 2)}
     metrics = {n: {m["name"]: m["value"] for m in r["metrics"]} for n, r in records.items()}
-    assert metrics["one"] == pytest.approx(metrics["two"], abs=1e-6)
-    assert records["one"]["selected"]["iterations"] == records["two"]["selected"]["iterations"] == 90 // 16
+    assert metrics[1] == pytest.approx(metrics[2], abs=1e-6)
+    assert records[1]["selected"]["iterations"] == records[2]["selected"]["iterations"] == 90 // 16
