@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import random
 import subprocess
@@ -47,6 +48,4 @@ def default_device() -> torch.device:
     """cuda (this process's GPU under torchrun: ``LOCAL_RANK``) if available, else cpu."""
     if not torch.cuda.is_available():
         return torch.device("cpu")
-    import os
-
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

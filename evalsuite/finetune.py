@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .environment import seed_everything
 from .sampling import seeded
 
 PROTOCOLS = ("partial-ft", "ln-ft", "finetune")
@@ -111,10 +112,7 @@ def set_drop_path(backbone: nn.Module, rate: float) -> None:
 def seed_globals(*parts: int) -> None:
     """Seed torch, numpy and ``random`` from ``parts`` (for code that draws from global RNGs:
     timm's drop-path, Mixup and RandAugment)."""
-    seed = int(seeded(*parts).initial_seed())
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
+    seed_everything(int(seeded(*parts).initial_seed()))
 
 
 @contextmanager

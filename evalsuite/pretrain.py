@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from . import __version__
 from .checkpoints import BackboneSpec, create_backbone
 from .data import DataNotFoundError
-from .finetune import no_weight_decay
+from .finetune import no_weight_decay, set_drop_path
 from .records import atomic_write_text
 from .sampling import GlobalBatchSampler, seeded
 from .registry import BACKBONES
@@ -166,11 +166,7 @@ def pretrain(cfg: PretrainConfig, progress: Any = None) -> Path:
     torch.manual_seed(cfg.seed)
     encoder = create_backbone(cfg.backbone, cfg.weights or "random")
     if cfg.drop_path:
-        for i, block in enumerate(encoder.blocks):
-            from timm.layers import DropPath
-
-            rate = cfg.drop_path * i / max(1, len(encoder.blocks) - 1)
-            block.drop_path1, block.drop_path2 = DropPath(rate), DropPath(rate)
+        set_drop_path(encoder, cfg.drop_path)
     size = (cfg.image_size, cfg.image_size) if cfg.image_size else encoder.meta.image_size
     objective = spec.pretrain(encoder, image_size=size, **cfg.objective)
     meta = encoder.meta
