@@ -66,10 +66,8 @@ def _distributed(model):
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if cuda else "gloo")
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    # find_unused_parameters: a head may own parameters a forward leaves unused (as in the reference
-    # DPT, the deepest fusion block has no skip input); it costs one graph traversal per iteration
     return MMDistributedDataParallel(module=model.to(device), device_ids=[local_rank] if cuda else None,
-                                     broadcast_buffers=False, find_unused_parameters=True)
+                                     broadcast_buffers=False)
 
 
 def train(model, dataset: Dataset, *, collate: Callable, batch_size: int, iters: int, lr: float, weight_decay: float,

@@ -90,9 +90,11 @@ class ResidualConvUnit(nn.Module):
 
 
 class FusionBlock(nn.Module):
-    def __init__(self, c: int):
+    def __init__(self, c: int, skip: bool = True):
         super().__init__()
-        self.skip_unit, self.unit, self.out = ResidualConvUnit(c), ResidualConvUnit(c), nn.Conv2d(c, c, 1)
+        # the deepest block has no skip input: no unit for it (DDP refuses parameters without gradients)
+        self.skip_unit = ResidualConvUnit(c) if skip else None
+        self.unit, self.out = ResidualConvUnit(c), nn.Conv2d(c, c, 1)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         if skip is not None:  # odd token grids make the coarse path one pixel off: follow the skip's grid
@@ -116,7 +118,7 @@ class DPTHead(nn.Module):
             nn.ConvTranspose2d(widths[0], widths[0], 4, stride=4), nn.ConvTranspose2d(widths[1], widths[1], 2, stride=2),
             nn.Identity(), nn.Conv2d(widths[3], widths[3], 3, stride=2, padding=1)])
         self.layer_rn = nn.ModuleList(nn.Conv2d(w, features, 3, padding=1, bias=False) for w in widths)
-        self.fusion = nn.ModuleList(FusionBlock(features) for _ in range(4))
+        self.fusion = nn.ModuleList(FusionBlock(features, skip=i < 3) for i in range(4))
         self.head_in = nn.Conv2d(features, features // 2, 3, padding=1)
         self.head_out = nn.Sequential(nn.Conv2d(features // 2, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, out_channels, 1))
 
@@ -407,5 +409,7 @@ class DenseTask:
                 out = infer(x)
                 if p["flip_tta"]:
                     out = (out + infer(x.flip(-1)).flip(-1)) / 2
+            if not torch.isfinite(out).all():  # an argmax over NaN would still give an mIoU
+                raise FloatingPointError("non-finite predictions: the head diverged")
             results.append(self.score(out.float().cpu(), torch.from_numpy(np.ascontiguousarray(target)), p))
         return self.aggregate(results, p, n_out)
