@@ -80,6 +80,8 @@ def labelled_rows(dataset: ImageFolder, fraction: float, subset_file: str, subse
     if subset_file and fraction != 1.0:
         raise ValueError("give label_fraction or label_subset, not both")
     if subset_file:
+        if not Path(subset_file).is_file():
+            raise DataNotFoundError(f"label_subset file {subset_file} not found: expected one image name per line")
         names = {line.strip() for line in Path(subset_file).read_text().splitlines() if line.strip()}
         rows = [i for i, (path, _) in enumerate(dataset.samples) if Path(path).name in names]
         found = {Path(dataset.samples[i][0]).name for i in rows}
@@ -254,14 +256,21 @@ def train_mae_linear_head(feats: torch.Tensor, labels: torch.Tensor, num_classes
             loss = F.cross_entropy(x @ W + b, labels[batch])
             lars_step([W, b], list(torch.autograd.grad(loss, (W, b))), buffers, lr * scale)
     W, b = W.detach(), b.detach()
+    if not (torch.isfinite(W).all() and torch.isfinite(b).all()):
+        raise FloatingPointError("the MAE linear probe diverged (non-finite weights)")
     return config, W * inv_std[:, None], b - (mean * inv_std) @ W
 
 
 def select_and_report(
     configs: list[HeadConfig], heads, sel_x, sel_y, rep_x, rep_y
 ) -> tuple[int, float, dict[int, float]]:
-    """Pick the head with the best top-1 on the selection split, then evaluate it on the report split."""
-    sel_acc = [topk_accuracy(c.inputs(sel_x) @ W + b, sel_y, ks=(1,))[1] for c, (W, b) in zip(configs, heads)]
+    """Pick the head with the best top-1 on the selection split, then evaluate it on the report split.
+    Diverged heads (non-finite weights, e.g. the largest learning rates) are never selected."""
+    finite = [bool(torch.isfinite(W).all() and torch.isfinite(b).all()) for W, b in heads]
+    if not any(finite):
+        raise FloatingPointError("every head of the sweep diverged (non-finite weights)")
+    sel_acc = [topk_accuracy(c.inputs(sel_x) @ W + b, sel_y, ks=(1,))[1] if ok else -1.0
+               for c, (W, b), ok in zip(configs, heads, finite)]
     best = max(range(len(configs)), key=lambda i: (sel_acc[i], -i))
     W, b = heads[best]
     return best, sel_acc[best], topk_accuracy(configs[best].inputs(rep_x) @ W + b, rep_y, ks=(1, 5))

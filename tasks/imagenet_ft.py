@@ -123,7 +123,10 @@ def evaluate(model, dataset: Dataset, ctx: RunContext, batch_size: int) -> dict[
         with ctx.autocast():
             logits.append(model.logits(images.to(ctx.device)).float().cpu())
         labels.append(y)
-    return topk_accuracy(torch.cat(logits), torch.cat(labels), ks=(1, 5))
+    logits = torch.cat(logits)
+    if not torch.isfinite(logits).all():  # argmax of NaN would still give an accuracy
+        raise FloatingPointError("non-finite logits: the fine-tuning diverged")
+    return topk_accuracy(logits, torch.cat(labels), ks=(1, 5))
 
 
 def run_end_to_end(backbone: Backbone, p: dict, ctx: RunContext, train: Dataset, train_rows: torch.Tensor,

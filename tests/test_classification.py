@@ -174,3 +174,15 @@ def test_sweep_steps_equal_autograd_sgd_with_momentum():
             opt.step()
             step += 1
     assert torch.allclose(W, Wr.detach(), atol=1e-6) and torch.allclose(b, br.detach(), atol=1e-6)
+
+
+def test_diverged_heads_are_never_selected():
+    configs = [HeadConfig(1, False, 0.1), HeadConfig(1, False, 0.01)]
+    x = torch.randn(10, 5, 3)
+    y = torch.zeros(10, dtype=torch.long)
+    nan_head = (torch.full((3, 2), float("nan")), torch.zeros(2))
+    good_head = (torch.zeros(3, 2), torch.tensor([1.0, 0.0]))  # always class 0: 100 % here
+    best, _, acc = select_and_report(configs, [nan_head, good_head], x, y, x, y)
+    assert best == 1 and acc[1] == 1.0
+    with pytest.raises(FloatingPointError, match="diverged"):
+        select_and_report(configs, [nan_head, nan_head], x, y, x, y)

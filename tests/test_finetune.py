@@ -112,6 +112,23 @@ def test_label_fractions_are_per_class_seeded_and_shared(tmp_path):
         labelled_rows(train, 1.0, str(listing), 0)
 
 
+def test_missing_subset_file_and_diverged_fine_tune_fail_loudly(tmp_path):
+    from evalsuite.data import DataNotFoundError
+    from tasks.imagenet_ft import evaluate
+
+    train = load_split(ensure_mini("imagenet-mini"), "train", None)
+    with pytest.raises(DataNotFoundError, match="label_subset file"):
+        labelled_rows(train, 1.0, str(tmp_path / "1percent.txt"), 0)
+
+    class Diverged(torch.nn.Module):
+        def logits(self, images):
+            return torch.full((len(images), 15), float("nan"))
+
+    val = [(torch.zeros(3, 8, 8), 0)] * 4
+    with pytest.raises(FloatingPointError, match="diverged"):
+        evaluate(Diverged(), val, _ctx(tmp_path), batch_size=2)
+
+
 def test_linear_seeds_record_mean_and_std(tmp_path):
     rec = run_cell("mae-tiny", "imagenet", weights="random", data="mini",
                    params={"protocol": "linear", "seeds": 3, "epochs": 5}, out_dir=tmp_path).record
