@@ -290,7 +290,8 @@ def quickstart(
                                        highlight=False)
         except RunFailed as exc:
             _fail(f"{exc} (record: {exc.path})", code=1)
-    _print_pivots(pivots(load_tidy(out)))
+    frame = load_tidy(out)
+    _print_pivots(pivots(frame), pivots(frame, "std"))
 
 
 @app.command()
