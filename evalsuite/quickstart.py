@@ -1,8 +1,9 @@
-"""The main job on the mini world: pretrain the tiny Pixio and MAE briefly, then evaluate every task
-that has mini data on the tiny backbones, pretrained next to their randomly initialised twins.
+"""The main job on the mini world: pretrain the tiny Pixio and MAE briefly, then evaluate them on every
+task that has mini data, next to their randomly initialised twins.
 
 Pretrained checkpoints are cached under ``$EVALSUITE_MINI_CACHE/../pretrained/<backbone>-<key>/``
-(key = hash of the pretraining config, the mini data version and the code version), so a second
+(key = hash of the pretraining config, the family objective's defaults, the mini data version and the
+code version), so a second
 quickstart only re-reads records. The budget keeps the whole job under 10 minutes on 2 cores.
 """
 
@@ -18,7 +19,7 @@ from typing import Callable, Iterator
 from . import __version__
 from .mini import cache_root, mini_dir
 from .pretrain import PretrainConfig, pretrain
-from .registry import TASKS
+from .registry import BACKBONES, TASKS
 from .runner import CellResult, run_cell
 
 # 400 steps at 64 px (≈2.5 min each on 2 CPU cores): a quarter of the tokens buys ~6× the steps of
@@ -34,8 +35,9 @@ PRETRAINED_LABEL = "mini-pretrained"
 
 
 def pretrained_checkpoint(cfg: PretrainConfig, progress=None) -> Path:
+    objective_defaults = getattr(BACKBONES.get(cfg.backbone).pretrain, "keywords", {})  # e.g. the tiny decoder
     identity = json.dumps({**asdict(cfg), "out": None, "data_dir": mini_dir("pretrain-mini").name,
-                           "evalsuite": __version__}, sort_keys=True)
+                           "objective_defaults": objective_defaults, "evalsuite": __version__}, sort_keys=True)
     out = cache_root().parent / "pretrained" / f"{cfg.backbone}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
     checkpoint = out / "checkpoint.pth"
     if not checkpoint.is_file():  # written once, atomically, at the end of the run
