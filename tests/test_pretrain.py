@@ -263,3 +263,21 @@ def test_quickstart_pretrains_once_then_evaluates_every_mini_task_next_to_random
     per_task = [(b, w == "random", label) for b, t, w, label in calls if t == "imagenet"]
     assert sorted(per_task) == sorted([("pixio-tiny", True, None), ("mae-tiny", True, None),
                                        ("pixio-tiny", False, "mini-pretrained"), ("mae-tiny", False, "mini-pretrained")])
+
+
+def test_quickstart_checkpoint_cache_key_follows_the_objective_defaults(monkeypatch, tmp_path):
+    """A changed tiny decoder (a registry default, not a PretrainConfig field) must not reuse an old checkpoint."""
+    from functools import partial
+    from types import SimpleNamespace
+
+    from evalsuite import quickstart
+
+    monkeypatch.setenv("EVALSUITE_MINI_CACHE", str(tmp_path / "mini"))
+    monkeypatch.setattr(quickstart, "pretrain", lambda cfg, progress=None: None)
+    cfg = quickstart.PRETRAIN["mae-tiny"]
+    paths = []
+    for depth in (2, 4, 4):
+        spec = SimpleNamespace(pretrain=partial(lambda encoder, **kw: None, decoder_depth=depth))
+        monkeypatch.setattr(quickstart, "BACKBONES", SimpleNamespace(get=lambda name, spec=spec: spec))
+        paths.append(quickstart.pretrained_checkpoint(cfg))
+    assert paths[0] != paths[1] and paths[1] == paths[2]
