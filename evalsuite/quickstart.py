@@ -3,8 +3,8 @@ task that has mini data, next to their randomly initialised twins.
 
 Pretrained checkpoints are cached under ``$EVALSUITE_MINI_CACHE/../pretrained/<backbone>-<key>/``
 (key = hash of the pretraining config, the family objective's defaults, the mini data version and the
-code version), so a second
-quickstart only re-reads records. The budget keeps the whole job under 10 minutes on 2 cores.
+code version), so a second quickstart only re-reads records. The budget keeps the whole job under 10
+minutes on 2 cores.
 """
 
 from __future__ import annotations
