@@ -53,7 +53,8 @@ def _progress():
                     console=err, transient=True)
 
 
-def _run_one(backbone, task, *, weights, data, data_root, mini_size, seed, params, out, force, batch_size, device):
+def _run_one(backbone, task, *, weights, data, data_root, mini_size, mini_seed, seed, params, out, force, batch_size,
+             device):
     import torch
 
     from .checkpoints import CheckpointError
@@ -64,7 +65,7 @@ def _run_one(backbone, task, *, weights, data, data_root, mini_size, seed, param
     try:
         with _progress() as progress:
             return run_cell(backbone, task, weights=weights, data=data, data_root=data_root, mini_size=mini_size,
-                            seed=seed, params=params, out_dir=out, force=force, batch_size=batch_size,
+                            mini_seed=mini_seed, seed=seed, params=params, out_dir=out, force=force, batch_size=batch_size,
                             device=torch.device(device) if device else None, progress=progress)
     except (UnknownNameError, DataNotFoundError, CheckpointError, ValueError) as exc:
         _fail(str(exc))
@@ -96,6 +97,7 @@ def run(
     data: str = typer.Option("real", help="'real' or 'mini' (generated offline data)."),
     data_root: Optional[Path] = typer.Option(None, help="The dataset folder (else config file / $EVALSUITE_DATA_ROOT)."),
     mini_size: str = typer.Option("small", help="Mini-world size: small|medium|large."),
+    mini_seed: int = typer.Option(0, help="Mini-world generation seed (another seed = other scenes and images)."),
     protocol: Optional[str] = typer.Option(None, help="Task protocol variant."),
     head: Optional[str] = typer.Option(None, help="Head variant of dense tasks."),
     blocks: Optional[int] = typer.Option(None, help="Trainable last blocks of --protocol partial-ft."),
@@ -116,8 +118,10 @@ def run(
             params[key] = value
     if data == "mini" and data_root is not None:
         _fail("--data mini and --data-root exclude each other")
+    if data != "mini" and (mini_size != "small" or mini_seed != 0):
+        _fail("--mini-size and --mini-seed pick a mini world: they need --data mini")
     result = _run_one(backbone, task, weights=weights, data=data, data_root=data_root, mini_size=mini_size,
-                      seed=seed, params=params, out=out, force=force, batch_size=batch_size, device=device)
+                      mini_seed=mini_seed, seed=seed, params=params, out=out, force=force, batch_size=batch_size, device=device)
     _print_record(result)
 
 
@@ -148,15 +152,14 @@ def leaderboard(
 
 
 def _print_pivots(tables, stds=None) -> None:
-    from .leaderboard import format_cell
+    from .leaderboard import format_cell, table_title
 
-    titles = {"real": "Real data", "mini": "Mini world — generated data, not comparable to published numbers"}
-    for source, table in tables.items():
-        out = Table(title=titles[source])
+    for key, table in tables.items():
+        out = Table(title=table_title(key))
         out.add_column("backbone", no_wrap=True)  # never truncated: 'pixio-tiny' vs 'pixio-tiny@ckpt'
         for col in table.columns:
             out.add_column(col, justify="right", overflow="fold")
-        spread = (stds or {}).get(source)
+        spread = (stds or {}).get(key)
         for name, row in table.iterrows():
             out.add_row(name, *(format_cell(v, None if spread is None else spread.at[name, col], ".4g")
                                 for col, v in row.items()))
@@ -273,6 +276,7 @@ def _list_tasks() -> None:
 def quickstart(
     out: Path = typer.Option(Path("results/quickstart"), help="Folder of result records."),
     force: bool = typer.Option(False, help="Re-run cells that already have records."),
+    mini_seed: int = typer.Option(0, help="Replay the whole job on the mini world of this seed (pretraining data included)."),
 ):
     """The main job on the mini world: brief pretraining of tiny Pixio and MAE, then every task with
     mini data on the tiny backbones (pretrained and random twins), then the leaderboard."""
@@ -282,7 +286,7 @@ def quickstart(
 
     with _progress() as progress:
         try:
-            for result in job.run(out, force=force, progress=progress):
+            for result in job.run(out, force=force, progress=progress, mini_seed=mini_seed):
                 rec = result.record
                 value = next(m["value"] for m in rec.metrics if m["primary"])
                 state = "cached" if result.skipped else f"{rec.timings['total_s']:.1f}s"
@@ -298,6 +302,7 @@ def quickstart(
 def pretrain(
     backbone: str = typer.Option(..., "--backbone", "-b", help="Backbone whose family objective to train."),
     data: str = typer.Option("mini", help="'mini' or a folder of images."),
+    mini_seed: int = typer.Option(0, help="With --data mini: the seed of the generated world."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps (or use --epochs)."),
     epochs: Optional[int] = typer.Option(None, help="Epochs over the (curated) data."),
     batch_size: int = typer.Option(64, help="Global batch size over all processes."),
@@ -321,7 +326,7 @@ def pretrain(
         _fail("give --steps N or --epochs N")
     if (out / "checkpoint.pth").is_file() and not resume:
         _fail(f"{out / 'checkpoint.pth'} exists: pass --resume to continue it, or another --out")
-    cfg = PretrainConfig(backbone=backbone, data=data, out=str(out), steps=steps, epochs=epochs, batch_size=batch_size,
+    cfg = PretrainConfig(backbone=backbone, data=data, mini_seed=mini_seed, out=str(out), steps=steps, epochs=epochs, batch_size=batch_size,
                          blr=blr, drop_path=drop_path, seed=seed, scores=str(scores) if scores else None, weights=weights,
                          objective={k: _literal(v) for k, v in _parse_params(objective).items()},
                          num_workers=num_workers, save_every=save_every, image_size=image_size)

@@ -1,11 +1,14 @@
 """Records → tidy table → leaderboards, checkpoint comparisons and the CI regression check.
 
 The tidy table has one row per (record, metric). Mini-world results and real-data results are
-kept apart everywhere: different tables in a leaderboard, different cells in compare/check.
+kept apart everywhere, and so are mini worlds of different seeds or sizes (``world``, e.g.
+``seed1-medium``): different tables in a leaderboard, different cells in compare/check, never
+averaged together as if they were probe seeds.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,21 +17,35 @@ import pandas as pd
 from .records import iter_records
 
 TIDY_COLUMNS = [
-    "data", "task", "task_version", "backbone", "weights", "seed", "metric", "split", "value", "std",
+    "data", "world", "task", "task_version", "backbone", "weights", "seed", "metric", "split", "value", "std",
     "higher_is_better", "primary", "shown", "tolerance", "run_id", "finished_at",
 ]
-CELL = ["data", "task", "backbone", "metric"]  # backbone = its label: name, or name@checkpoint
+CELL = ["data", "world", "task", "backbone", "metric"]  # backbone = its label: name, or name@checkpoint
+MINI_FOLDER = re.compile(r"-seed(\d+)-(small|medium|large)$")
+
+
+def record_world(data: dict) -> str:
+    """``seed<S>-<size>`` of a mini-world record ('' for real data); records written before the
+    field existed are read from their mini folder's name (``<name>-v<version>-seed<S>-<size>``)."""
+    if data["source"] != "mini":
+        return ""
+    if "world" in data:
+        return data["world"]
+    match = MINI_FOLDER.search(Path(data["root"]).name)
+    if match is None:
+        raise ValueError(f"cannot tell the mini world of a record from its data root {data['root']!r}")
+    return f"seed{match[1]}-{match[2]}"
 
 
 def load_tidy(source: str | Path) -> pd.DataFrame:
     """A tidy frame from a folder of records or a tidy CSV; failed runs never contribute."""
     source = Path(source)
     if source.is_file():
-        frame = pd.read_csv(source)
+        frame = pd.read_csv(source, dtype={"world": str})
         missing = sorted(set(CELL + ["value", "higher_is_better", "primary"]) - set(frame.columns))
         if missing:
             raise ValueError(f"{source} is not an evalsuite results CSV: missing columns {missing}")
-        return frame
+        return frame.assign(world=frame["world"].fillna(""))  # real data has no world; CSV reads '' as NaN
     if not source.is_dir():
         raise FileNotFoundError(f"no results at {source}")
     rows = []
@@ -37,7 +54,8 @@ def load_tidy(source: str | Path) -> pd.DataFrame:
             continue
         for m in rec.metrics:
             rows.append({
-                "data": rec.data["source"], "task": rec.task["label"], "task_version": rec.task["version"],
+                "data": rec.data["source"], "world": record_world(rec.data),
+                "task": rec.task["label"], "task_version": rec.task["version"],
                 "backbone": rec.backbone.get("label", rec.backbone["name"]), "weights": rec.backbone["weights"],
                 "seed": rec.seed,
                 "metric": m["name"], "split": m["split"], "value": m["value"], "std": m.get("std"),
@@ -54,7 +72,7 @@ def latest(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty:
         return frame
     if "task_version" in frame:
-        newest = frame.groupby(["data", "task"])["task_version"].transform("max")
+        newest = frame.groupby(["data", "world", "task"])["task_version"].transform("max")
         frame = frame[frame["task_version"] == newest]
     if "finished_at" not in frame:
         return frame
@@ -81,20 +99,31 @@ def cells(frame: pd.DataFrame) -> pd.DataFrame:
     return grouped
 
 
+def table_key(source: str, world: str) -> str:
+    return f"{source} {world}" if world else source
+
+
+def table_title(key: str) -> str:
+    source, _, world = key.partition(" ")
+    if source == "real":
+        return "Real data"
+    return f"Mini world {world} (generated data — not comparable to published numbers)"
+
+
 def pivots(frame: pd.DataFrame, column: str = "value") -> dict[str, pd.DataFrame]:
-    """One backbone × task table per data source ('real', 'mini'): primary metrics, and the ones the
-    task lists in ``leaderboard_metrics`` (e.g. RMSE beside δ1). ``column="std"`` gives the matching
-    tables of standard deviations over seeds (NaN where there is a single seed)."""
+    """One backbone × task table for real data ('real') and one per mini world ('mini seed0-small'):
+    primary metrics, and the ones the task lists in ``leaderboard_metrics`` (e.g. RMSE beside δ1).
+    ``column="std"`` gives the matching tables of standard deviations over seeds (NaN where there is
+    a single seed)."""
     primary = cells(latest(frame))
     shown = primary["shown"] if "shown" in primary else primary["primary"]
     primary = primary[shown.astype(bool)]
     tables = {}
-    for source in ("real", "mini"):
-        part = primary[primary["data"] == source]
-        if part.empty:
-            continue
+    worlds = sorted(set(zip(primary["data"], primary["world"])), key=lambda sw: (sw[0] != "real", sw[1]))
+    for source, world in worlds:
+        part = primary[(primary["data"] == source) & (primary["world"] == world)]
         part = part.assign(column=part["task"] + " · " + part["metric"] + _arrow(part["higher_is_better"]))
-        tables[source] = part.pivot_table(index="backbone", columns="column", values=column, aggfunc="first",
+        tables[table_key(source, world)] = part.pivot_table(index="backbone", columns="column", values=column, aggfunc="first",
                                           dropna=False).reindex(columns=sorted(part["column"].unique()))
     return tables
 
@@ -105,20 +134,20 @@ def _arrow(higher: pd.Series) -> pd.Series:
 
 def render(tables: dict[str, pd.DataFrame], fmt: str, stds: dict[str, pd.DataFrame] | None = None) -> str:
     """Markdown/HTML cells read ``mean ± std`` where a cell has several seeds; CSV gets a ``… std`` column."""
-    titles = {"real": "Real data", "mini": "Mini world (generated data — not comparable to published numbers)"}
     out = []
-    for source, table in tables.items():
+    for key, table in tables.items():
         shown = table.round(4)
-        spread = (stds or {}).get(source)
+        spread = (stds or {}).get(key)
         spread = spread.reindex_like(table).round(4) if spread is not None else None
         if fmt == "md":
-            out.append(f"## {titles[source]}\n\n{_markdown(shown, spread)}\n")
+            out.append(f"## {table_title(key)}\n\n{_markdown(shown, spread)}\n")
         elif fmt == "html":
-            out.append(f"<h2>{titles[source]}</h2>\n{_cells_text(shown, spread).to_html()}")
+            out.append(f"<h2>{table_title(key)}</h2>\n{_cells_text(shown, spread).to_html()}")
         elif fmt == "csv":
             if spread is not None and spread.notna().any().any():
                 shown = shown.join(spread.add_suffix(" std"))
-            out.append(shown.assign(data=source).reset_index().to_csv(index=False))
+            source, _, world = key.partition(" ")
+            out.append(shown.assign(data=source, world=world).reset_index().to_csv(index=False))
         else:
             raise ValueError(f"unknown format {fmt!r}")
     return "\n".join(out)
@@ -149,13 +178,13 @@ def _markdown(table: pd.DataFrame, spread: pd.DataFrame | None = None) -> str:
 # compare and check
 # ---------------------------------------------------------------------------------------
 def compare(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
-    """Per (data, task, metric[, backbone]) deltas b − a, with the better side named.
+    """Per (data, world, task, metric[, backbone]) deltas b − a, with the better side named.
 
     When the two sides share backbone names the comparison is per backbone; when they do not
     (two checkpoints of one model under different names) it is per task.
     """
     ca, cb = cells(latest(a)), cells(latest(b))
-    keys = CELL if set(ca["backbone"]) & set(cb["backbone"]) else ["data", "task", "metric"]
+    keys = CELL if set(ca["backbone"]) & set(cb["backbone"]) else ["data", "world", "task", "metric"]
     if keys != CELL:
         for c in (ca, cb):
             dup = c.duplicated(keys)

@@ -43,6 +43,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 class PretrainConfig:
     backbone: str
     data: str = "mini"  # "mini" or a folder of images
+    mini_seed: int = 0  # which generated world's pretrain-mini, with data="mini"
     out: str = "results/pretrain"
     steps: int | None = None
     epochs: int | None = None
@@ -173,7 +174,7 @@ def pretrain(cfg: PretrainConfig, progress: Any = None) -> Path:
     if cfg.data == "mini":
         from .mini import ensure_mini
 
-        root = ensure_mini("pretrain-mini")
+        root = ensure_mini("pretrain-mini", seed=cfg.mini_seed)
     else:
         root = Path(cfg.data)
         if not root.is_dir():

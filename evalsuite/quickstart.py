@@ -36,7 +36,7 @@ PRETRAINED_LABEL = "mini-pretrained"
 
 def pretrained_checkpoint(cfg: PretrainConfig, progress=None) -> Path:
     objective_defaults = getattr(BACKBONES.get(cfg.backbone).pretrain, "keywords", {})  # e.g. the tiny decoder
-    identity = json.dumps({**asdict(cfg), "out": None, "data_dir": mini_dir("pretrain-mini").name,
+    identity = json.dumps({**asdict(cfg), "out": None, "data_dir": mini_dir("pretrain-mini", seed=cfg.mini_seed).name,
                            "objective_defaults": objective_defaults, "evalsuite": __version__}, sort_keys=True)
     out = cache_root().parent / "pretrained" / f"{cfg.backbone}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
     checkpoint = out / "checkpoint.pth"
@@ -54,16 +54,20 @@ def variants(task: str) -> list[dict]:
     return [dict(zip(spec.variant_keys, combo)) for combo in itertools.product(*options)]
 
 
-def run(out: Path, force: bool = False, progress=None,
-        run_one: Callable[..., CellResult] | None = None) -> Iterator[CellResult]:
-    """Yield every quickstart cell's result (pretraining first, on first use)."""
+def run(out: Path, force: bool = False, progress=None, run_one: Callable[..., CellResult] | None = None,
+        mini_seed: int = 0) -> Iterator[CellResult]:
+    """Yield every quickstart cell's result (pretraining first, on first use).
+
+    ``mini_seed`` replays the whole job on another generated world (pretraining data included):
+    the check that a conclusion is not an accident of one world's scenes."""
     run_one = run_one or run_cell
     weights = [(name, "random", None) for name in RANDOM_TWINS]
-    weights += [(name, str(pretrained_checkpoint(cfg, progress)), PRETRAINED_LABEL) for name, cfg in PRETRAIN.items()]
+    weights += [(name, str(pretrained_checkpoint(replace(cfg, mini_seed=mini_seed), progress)), PRETRAINED_LABEL)
+                for name, cfg in PRETRAIN.items()]
     for task in TASKS.names():
         if not TASKS.get(task).spec.mini_dataset:
             continue
         for params in variants(task):
             for backbone, w, label in weights:
-                yield run_one(backbone, task, weights=w, weights_label=label, data="mini", params=params,
-                              out_dir=out, force=force, progress=progress)
+                yield run_one(backbone, task, weights=w, weights_label=label, data="mini", mini_seed=mini_seed,
+                              params=params, out_dir=out, force=force, progress=progress)

@@ -34,7 +34,7 @@ class RunRecord:
     git_sha: str | None
     git_dirty: bool | None
     task: dict[str, Any]  # name, label, version, family, params, primary_metric, tolerance, splits
-    data: dict[str, Any]  # source ("real" | "mini"), dataset, root, manifest_sha256
+    data: dict[str, Any]  # source ("real" | "mini"), dataset, root, manifest_sha256; mini: world ("seed0-small")
     backbone: dict[str, Any]  # name, family, weights (sha256 or "random"), num_params
     seed: int
     metrics: list[dict[str, Any]] = field(default_factory=list)

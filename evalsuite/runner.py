@@ -64,6 +64,7 @@ def run_cell(
     data: str = "real",
     data_root: str | Path | None = None,
     mini_size: Size = "small",
+    mini_seed: int = 0,
     seed: int = 0,
     params: dict[str, Any] | None = None,
     out_dir: Path = DEFAULT_OUT,
@@ -77,7 +78,8 @@ def run_cell(
     """Evaluate one cell and write its record; an identical finished cell is returned as skipped.
 
     ``weights_label`` names the checkpoint in leaderboards (default: the first 8 hex digits of its
-    sha256); random weights keep the bare backbone name. Under torchrun every rank runs the cell
+    sha256); random weights keep the bare backbone name. ``mini_size``/``mini_seed`` pick the mini
+    world (``data='mini'``); ``seed`` seeds the run itself. Under torchrun every rank runs the cell
     (training is DDP, evaluation is repeated) and rank 0 alone writes the record.
     """
     if data not in ("real", "mini"):
@@ -88,7 +90,7 @@ def run_cell(
     if data == "mini":
         if spec.mini_dataset is None:
             raise ValueError(f"task {spec.name!r} has no mini dataset")
-        root = ensure_mini(spec.mini_dataset, mini_size, seed=0)
+        root = ensure_mini(spec.mini_dataset, mini_size, seed=mini_seed)
     else:
         root = resolve_data_root(spec.dataset, data_root)
     manifest = manifest_sha256(root)
@@ -118,7 +120,8 @@ def run_cell(
         cell_key=key, started_at=started, evalsuite_version=__version__, git_sha=sha, git_dirty=dirty,
         task=_task_info(spec), seed=seed,
         data={"source": data, "dataset": spec.mini_dataset if data == "mini" else spec.dataset,
-              "root": str(root), "manifest_sha256": manifest},
+              "root": str(root), "manifest_sha256": manifest,
+              **({"world": f"seed{mini_seed}-{mini_size}"} if data == "mini" else {})},
         environment=environment(device, amp_dtype),
     )
     label = backbone if weights_id == "random" else f"{backbone}@{weights_label or weights_id[:8]}"

@@ -54,12 +54,13 @@ def test_run_on_mini_then_leaderboard_and_skip(tmp_path):
     (path,) = list(out.rglob("*.json"))
     rec = RunRecord.load(path)
     assert rec.status == "ok" and rec.data["source"] == "mini" and rec.task["label"] == "imagenet/knn"
+    assert rec.data["world"] == "seed0-small" and rec.data["root"].endswith("-seed0-small")
     primary = [m for m in rec.metrics if m["primary"]]
     assert len(primary) == 1 and 0 <= primary[0]["value"] <= 100
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "skipped" in again.output
     board = runner.invoke(app, ["leaderboard", str(out), "--format", "csv"])
-    assert board.exit_code == 0 and "pixio-tiny" in board.output and "mini" in board.output
+    assert board.exit_code == 0 and "pixio-tiny" in board.output and ",mini,seed0-small" in board.output
     tidy = tmp_path / "tidy.csv"
     assert runner.invoke(app, ["leaderboard", str(out), "--tidy-csv", str(tidy)]).exit_code == 0
     # the run's own results pass a check against themselves as baseline
@@ -74,3 +75,8 @@ def test_make_mini_is_deterministic(tmp_path, monkeypatch):
         (manifest,) = (tmp_path / cache).glob("*/manifest.json")
         hashes.append(json.loads(manifest.read_text())["sha256"])
     assert hashes[0] == hashes[1]
+
+
+def test_mini_world_options_need_mini_data():
+    result = runner.invoke(app, ["run", "-b", "pixio-tiny", "-t", "imagenet", "--mini-seed", "1"])
+    assert result.exit_code == 2 and "--data mini" in result.output

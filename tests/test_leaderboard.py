@@ -3,16 +3,16 @@ import pytest
 from typer.testing import CliRunner
 
 from evalsuite.cli import app
-from evalsuite.leaderboard import check, compare, pivots, render
+from evalsuite.leaderboard import check, compare, load_tidy, pivots, record_world, render
 
-COLS = ["data", "task", "backbone", "metric", "value", "higher_is_better", "primary", "tolerance", "seed", "weights",
+COLS = ["data", "world", "task", "backbone", "metric", "value", "higher_is_better", "primary", "tolerance", "seed", "weights",
         "task_version", "finished_at", "split"]
 
 
-def frame(rows):
+def frame(rows, world="seed0-small"):
     out = []
     for i, (data, task, backbone, metric, value, hib) in enumerate(rows):
-        out.append(dict(data=data, task=task, backbone=backbone, metric=metric, value=value, higher_is_better=hib,
+        out.append(dict(data=data, world=world if data == "mini" else "", task=task, backbone=backbone, metric=metric, value=value, higher_is_better=hib,
                         primary=True, tolerance=0.5, seed=0, weights="random", task_version=1,
                         finished_at=f"2026-01-01T00:00:{i:02d}", split="val"))
     return pd.DataFrame(out, columns=COLS)
@@ -24,13 +24,13 @@ def test_pivot_keeps_mini_and_real_apart():
         ("mini", "imagenet/linear", "pixio-h16", "top1", 40.0, True),
         ("mini", "nyuv2/dpt", "pixio-tiny", "rmse", 0.5, False),
     ]))
-    assert set(tables) == {"real", "mini"}
+    assert list(tables) == ["real", "mini seed0-small"]
     assert tables["real"].loc["pixio-h16"].tolist() == [80.0]
     assert "pixio-tiny" not in tables["real"].index
-    assert tables["mini"].loc["pixio-h16", "imagenet/linear · top1 ↑"] == 40.0
-    assert tables["mini"].loc["pixio-tiny", "nyuv2/dpt · rmse ↓"] == 0.5
+    assert tables["mini seed0-small"].loc["pixio-h16", "imagenet/linear · top1 ↑"] == 40.0
+    assert tables["mini seed0-small"].loc["pixio-tiny", "nyuv2/dpt · rmse ↓"] == 0.5
     md = render(tables, "md")
-    assert md.index("Real data") < md.index("Mini world") and "| pixio-h16 | 80 |" in md
+    assert md.index("Real data") < md.index("Mini world seed0-small") and "| pixio-h16 | 80 |" in md
     assert "<table" in render(tables, "html")
 
 
@@ -105,3 +105,36 @@ def test_check_cli_exit_codes(tmp_path):
     empty = tmp_path / "other.csv"
     frame([("real", "seg", "m", "miou", 50.0, True)]).to_csv(empty, index=False)
     assert runner.invoke(app, ["check", str(empty), "--baseline", str(base)]).exit_code == 1
+
+
+def test_mini_worlds_are_never_averaged_as_seeds_nor_stand_in_for_each_other():
+    """Two generated worlds (other scenes) are two datasets: separate tables and separate cells."""
+    rows = pd.concat([frame([("mini", "t", "b", "m", 30.0, True)], world="seed0-small"),
+                      frame([("mini", "t", "b", "m", 20.0, True)], world="seed1-small")], ignore_index=True)
+    rows.loc[1, "seed"] = 1  # as a probe seed it would be averaged into 25 ± 7
+    tables = pivots(rows)
+    assert list(tables) == ["mini seed0-small", "mini seed1-small"]
+    assert tables["mini seed0-small"].iloc[0, 0] == 30.0 and tables["mini seed1-small"].iloc[0, 0] == 20.0
+    assert "## Mini world seed1-small" in render(tables, "md")
+    result = check(frame([("mini", "t", "b", "m", 30.0, True)]), frame([("mini", "t", "b", "m", 30.0, True)], world="seed1-small"))
+    assert result.missing["world"].tolist() == ["seed0-small"]
+
+
+def test_record_world_from_the_record_or_from_older_records_mini_folder():
+    assert record_world({"source": "mini", "world": "seed2-medium", "root": "/x"}) == "seed2-medium"
+    assert record_world({"source": "mini", "root": "/c/imagenet-mini-v4-seed1-medium"}) == "seed1-medium"
+    assert record_world({"source": "real", "root": "/data/imagenet"}) == ""
+    with pytest.raises(ValueError, match="mini world"):
+        record_world({"source": "mini", "root": "/somewhere/else"})
+
+
+def test_tidy_csv_round_trip_keeps_real_and_mini_worlds(tmp_path):
+    rows = pd.concat([frame([("real", "t", "b", "m", 1.0, True)]), frame([("mini", "t", "b", "m", 2.0, True)])],
+                     ignore_index=True)
+    rows.to_csv(tmp_path / "tidy.csv", index=False)
+    back = load_tidy(tmp_path / "tidy.csv")
+    assert back["world"].tolist() == ["", "seed0-small"]
+    assert check(rows, back).ok and len(check(rows, back).table) == 2
+    rows.drop(columns="world").to_csv(tmp_path / "old.csv", index=False)
+    with pytest.raises(ValueError, match="world"):
+        load_tidy(tmp_path / "old.csv")

@@ -265,6 +265,20 @@ def test_quickstart_pretrains_once_then_evaluates_every_mini_task_next_to_random
                                        ("pixio-tiny", False, "mini-pretrained"), ("mae-tiny", False, "mini-pretrained")])
 
 
+def test_quickstart_replays_on_another_mini_world_pretraining_data_included(monkeypatch, tmp_path):
+    from dataclasses import replace
+
+    from evalsuite import quickstart
+
+    monkeypatch.setenv("EVALSUITE_MINI_CACHE", str(tmp_path / "mini"))
+    trained = []
+    monkeypatch.setattr(quickstart, "pretrain", lambda cfg, progress=None: trained.append(cfg))
+    seeds = {kw["mini_seed"] for kw in quickstart.run(tmp_path, run_one=lambda *a, **kw: kw, mini_seed=3)}
+    assert seeds == {3} and {c.mini_seed for c in trained} == {3}
+    assert quickstart.pretrained_checkpoint(quickstart.PRETRAIN["mae-tiny"]) != \
+        quickstart.pretrained_checkpoint(replace(quickstart.PRETRAIN["mae-tiny"], mini_seed=3))
+
+
 def test_quickstart_checkpoint_cache_key_follows_the_objective_defaults(monkeypatch, tmp_path):
     """A changed tiny decoder (a registry default, not a PretrainConfig field) must not reuse an old checkpoint."""
     from functools import partial
