@@ -335,6 +335,46 @@ def pretrain(
     console.print(f"checkpoint: {path}  (evaluate with --weights {path})", highlight=False)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def slurm(
+    ctx: typer.Context,
+    partition: Optional[str] = typer.Option(None, help="Slurm partition."),
+    nodes: int = typer.Option(1, help="Nodes."),
+    gpus_per_node: int = typer.Option(0, help="GPUs per node; one task (process) per GPU."),
+    tasks_per_node: Optional[int] = typer.Option(None, help="Processes per node (default: one per GPU, else 1)."),
+    cpus_per_task: int = typer.Option(10, help="CPU cores per process."),
+    mem_gb: Optional[int] = typer.Option(None, help="Memory per node in GB (default: the partition's)."),
+    timeout_min: int = typer.Option(24 * 60, help="Time limit in minutes; a job that reaches it is requeued."),
+    account: Optional[str] = typer.Option(None, help="Slurm account."),
+    qos: Optional[str] = typer.Option(None, help="Slurm QOS."),
+    constraint: Optional[str] = typer.Option(None, help="Slurm constraint, e.g. volta32gb."),
+    job_name: str = typer.Option("evalsuite", help="Slurm job name."),
+    folder: Path = typer.Option(Path("results/slurm"), help="Job logs and submitit files (FOLDER/<job id>/)."),
+    cluster: str = typer.Option("slurm", help="slurm, or local to run the same job on this machine."),
+    wait: bool = typer.Option(False, help="Wait for the job and exit with its status."),
+):
+    """Submit an evalsuite command to Slurm: `evalsuite slurm [OPTIONS] -- run -b mae-b16 -t imagenet`.
+
+    Each task gets torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), so
+    DDP commands run unchanged; a preempted or timed-out job is requeued and resumes."""
+    from .slurm import SlurmOptions, submit
+
+    options = SlurmOptions(partition=partition, nodes=nodes, gpus_per_node=gpus_per_node, tasks_per_node=tasks_per_node,
+                           cpus_per_task=cpus_per_task, mem_gb=mem_gb, timeout_min=timeout_min, account=account, qos=qos,
+                           constraint=constraint, job_name=job_name)
+    try:
+        job = submit(list(ctx.args), options, folder, cluster)
+    except ValueError as exc:
+        _fail(str(exc))
+    console.print(f"submitted job {job.job_id}: evalsuite {' '.join(ctx.args)}  (logs: {job.paths.stdout})", highlight=False)
+    if wait:
+        try:
+            job.results()  # one per task
+        except Exception as exc:  # submitit re-raises the task's failure with its log tail
+            _fail(f"job {job.job_id} failed: {exc}", code=1)
+        console.print(f"job {job.job_id} finished", highlight=False)
+
+
 @app.command()
 def curate(
     data: Path = typer.Argument(..., help="Folder of images to score."),

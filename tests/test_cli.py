@@ -13,7 +13,7 @@ runner = CliRunner()
 def test_help_lists_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("run", "leaderboard", "compare", "check", "list", "quickstart", "data"):
+    for command in ("run", "leaderboard", "compare", "check", "list", "quickstart", "data", "slurm"):
         assert command in result.output
 
 
