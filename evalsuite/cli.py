@@ -169,20 +169,24 @@ def _print_pivots(tables, stds=None) -> None:
 @app.command()
 def compare(a: Path = typer.Argument(..., help="Results A (folder or CSV)."),
             b: Path = typer.Argument(..., help="Results B (folder or CSV).")):
-    """Per-task, per-metric deltas B − A; the better side follows each metric's direction."""
-    from .leaderboard import compare as compare_frames, load_tidy
+    """Per-task, per-metric deltas B − A; the better side follows each metric's direction.
+
+    Where both sides are record folders with per-sample scores on the same data (ImageNet linear
+    probes), ci95_low/ci95_high bound the delta: a paired bootstrap over the test images."""
+    from .leaderboard import compare as compare_frames, load_samples, load_tidy
 
     try:
-        table = compare_frames(load_tidy(a), load_tidy(b))
+        table = compare_frames(load_tidy(a), load_tidy(b), load_samples(a), load_samples(b))
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     out = Table(title=f"A = {a}   B = {b}")
     for col in table.columns:
         out.add_column(str(col))
     marks = {"a": "[red]A[/]", "b": "[green]B[/]", "=": "=", "?": "?"}
+    better = list(table.columns).index("better")
     for _, row in table.iterrows():
         cells = ["—" if isinstance(v, float) and v != v else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
-        cells[-1] = marks[row["better"]]
+        cells[better] = marks[row["better"]]
         out.add_row(*cells)
     console.print(out)
 

@@ -221,6 +221,10 @@ class Metric:
 class TaskOutput:
     metrics: list[Metric]
     selected: dict[str, Any] = field(default_factory=dict)
+    # Per-sample scores of a metric on its report split, in dataset order, in the metric's units, so
+    # that the metric is their mean (top-1: 100 or 0 per image, averaged over probe seeds). Two runs
+    # on the same data can then be compared pairwise (``evalsuite compare`` bootstraps the delta).
+    per_sample: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .records import iter_records
@@ -177,11 +178,49 @@ def _markdown(table: pd.DataFrame, spread: pd.DataFrame | None = None) -> str:
 # ---------------------------------------------------------------------------------------
 # compare and check
 # ---------------------------------------------------------------------------------------
-def compare(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+def paired_bootstrap(a, b, resamples: int = 10_000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``b − a`` over paired samples (the same images scored by two runs) and its percentile
+    bootstrap interval: samples are resampled with replacement, pairs kept together, so the interval
+    reflects which images happened to be in the test set and not only each run's own noise."""
+    d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
+    if d.ndim != 1 or len(d) == 0:
+        raise ValueError(f"paired samples must be two equal-length, non-empty vectors, got shape {d.shape}")
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 2_000_000 // len(d))  # bounded memory for 50k-image test sets
+    means = np.concatenate([d[rng.integers(0, len(d), (min(chunk, resamples - i), len(d)))].mean(axis=1)
+                            for i in range(0, resamples, chunk)])
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(d.mean()), float(lo), float(hi)
+
+
+def load_samples(source: str | Path) -> dict[tuple, tuple[str, np.ndarray]]:
+    """Per-sample scores of every cell of a record folder (CSV files carry none): cell key →
+    (data manifest, scores averaged over the cell's run seeds). Cells whose records disagree on the
+    data, or lack per-sample scores, are left out."""
+    source = Path(source)
+    if not source.is_dir():
+        return {}
+    runs = {rec.run_id: (rec.data["manifest_sha256"], rec.per_sample)
+            for _, rec in iter_records(source) if rec.status == "ok" and rec.per_sample}
+    out = {}
+    for key, group in latest(load_tidy(source)).groupby(CELL):
+        found = [runs.get(r) for r in group["run_id"]]
+        metric = key[-1]
+        if any(f is None or metric not in f[1] for f in found):
+            continue
+        manifests, scores = {f[0] for f in found}, [np.asarray(f[1][metric]) for f in found]
+        if len(manifests) == 1 and len({len(s) for s in scores}) == 1:
+            out[key] = (manifests.pop(), np.mean(scores, axis=0))
+    return out
+
+
+def compare(a: pd.DataFrame, b: pd.DataFrame, samples_a: dict | None = None, samples_b: dict | None = None) -> pd.DataFrame:
     """Per (data, world, task, metric[, backbone]) deltas b − a, with the better side named.
 
     When the two sides share backbone names the comparison is per backbone; when they do not
-    (two checkpoints of one model under different names) it is per task.
+    (two checkpoints of one model under different names) it is per task. With per-sample scores of
+    both sides (`load_samples`) on the same data, ``ci95_low``/``ci95_high`` bound the delta (paired
+    bootstrap over samples); elsewhere they are NaN.
     """
     ca, cb = cells(latest(a)), cells(latest(b))
     keys = CELL if set(ca["backbone"]) & set(cb["backbone"]) else ["data", "world", "task", "metric"]
@@ -197,7 +236,24 @@ def compare(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     gain = merged["delta"] * sign
     merged["better"] = gain.map(lambda g: "b" if g > 0 else "a" if g < 0 else ("=" if g == 0 else "?"))
     cols = keys + [c for c in ("backbone_a", "backbone_b") if c in merged] + ["value_a", "value_b", "delta", "higher_is_better", "better"]
+    if samples_a and samples_b:
+        bounds = [_delta_interval(row, keys, samples_a, samples_b) for _, row in merged.iterrows()]
+        merged["ci95_low"] = [lo for lo, _ in bounds]
+        merged["ci95_high"] = [hi for _, hi in bounds]
+        cols += ["ci95_low", "ci95_high"]
     return merged[cols].sort_values(keys).reset_index(drop=True)
+
+
+def _delta_interval(row: pd.Series, keys: list[str], samples_a: dict, samples_b: dict) -> tuple[float, float]:
+    def cell(side: str) -> tuple:
+        backbone = row["backbone"] if "backbone" in keys else row[f"backbone_{side}"]
+        return row["data"], row["world"], row["task"], backbone, row["metric"]
+
+    a, b = samples_a.get(cell("a")), samples_b.get(cell("b"))
+    if a is None or b is None or a[0] != b[0] or len(a[1]) != len(b[1]):
+        return float("nan"), float("nan")
+    _, lo, hi = paired_bootstrap(a[1], b[1])
+    return lo, hi
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -39,6 +40,7 @@ class RunRecord:
     seed: int
     metrics: list[dict[str, Any]] = field(default_factory=list)
     selected: dict[str, Any] = field(default_factory=dict)
+    per_sample: dict[str, list[float]] = field(default_factory=dict)  # metric → report-split scores (mean = value)
     timings: dict[str, float] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
@@ -47,11 +49,20 @@ class RunRecord:
     def __post_init__(self) -> None:
         if self.status == "failed" and self.metrics:
             raise ValueError("a failed run carries no metrics")
+        if self.status == "failed" and self.per_sample:
+            raise ValueError("a failed run carries no per-sample scores")
         if self.status == "ok":
             for m in self.metrics:
                 value = m["value"]
                 if not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
                     raise ValueError(f"metric {m['name']} is not a finite number: {value!r}")
+            values = {m["name"]: m["value"] for m in self.metrics}
+            for name, scores in self.per_sample.items():
+                if name not in values or not scores or not all(math.isfinite(v) for v in scores):
+                    raise ValueError(f"per-sample scores of {name!r} must be finite and belong to a reported metric")
+                if abs(sum(scores) / len(scores) - values[name]) > 1e-3 * max(1.0, abs(values[name])):
+                    raise ValueError(f"the per-sample scores of {name!r} average {sum(scores) / len(scores):.6g}, "
+                                     f"not the reported {values[name]:.6g}")
 
     @property
     def metric_objects(self) -> list[Metric]:

@@ -142,6 +142,7 @@ def run_cell(
         record = RunRecord(
             **base, status="ok", finished_at=_now(), backbone=bb_info,
             metrics=[m.__dict__ for m in output.metrics], selected=output.selected,
+            per_sample={k: [round(float(v), 4) for v in scores] for k, scores in output.per_sample.items()},
             timings={"load_s": t_task - t_load, "task_s": t_end - t_task, "total_s": t_end - t0},
         )
     except Exception as exc:

@@ -138,3 +138,54 @@ def test_tidy_csv_round_trip_keeps_real_and_mini_worlds(tmp_path):
     rows.drop(columns="world").to_csv(tmp_path / "old.csv", index=False)
     with pytest.raises(ValueError, match="world"):
         load_tidy(tmp_path / "old.csv")
+
+
+def test_paired_bootstrap_by_hand():
+    from evalsuite.leaderboard import paired_bootstrap
+
+    a = [0.0, 100.0, 0.0, 100.0]
+    assert paired_bootstrap(a, a) == (0.0, 0.0, 0.0)
+    assert paired_bootstrap(a, [v + 2.5 for v in a]) == pytest.approx((2.5, 2.5, 2.5))  # a constant shift is certain
+    # b fixes exactly one of 100 images: the delta is +1 point, and resamples hold 0..~4 copies of that image
+    mean, lo, hi = paired_bootstrap([0.0] * 100, [100.0] + [0.0] * 99, resamples=4000)
+    assert mean == pytest.approx(1.0) and lo == 0.0 and 2.0 <= hi <= 4.0
+    with pytest.raises(ValueError):
+        paired_bootstrap([], [])
+
+
+def test_compare_bounds_the_delta_only_where_both_sides_scored_the_same_images():
+    a = frame([("mini", "cls", "m", "top1", 50.0, True), ("mini", "seg", "m", "miou", 40.0, True)])
+    b = frame([("mini", "cls", "m", "top1", 60.0, True), ("mini", "seg", "m", "miou", 41.0, True)])
+    key = ("mini", "seed0-small", "cls", "m", "top1")
+    samples_a = {key: ("manifest", [100.0] * 5 + [0.0] * 5)}
+    samples_b = {key: ("manifest", [100.0] * 6 + [0.0] * 4)}
+    table = compare(a, b, samples_a, samples_b).set_index("task")
+    assert table.loc["cls", "ci95_low"] == 0.0 and table.loc["cls", "ci95_high"] > 10.0
+    assert table.loc["seg", ["ci95_low", "ci95_high"]].isna().all()  # no per-sample scores
+    other_data = {key: ("another manifest", samples_b[key][1])}
+    assert compare(a, b, samples_a, other_data).set_index("task")[["ci95_low", "ci95_high"]].isna().all().all()
+    assert "ci95_low" not in compare(a, b).columns
+
+
+def test_compare_cli_bounds_the_delta_from_record_folders(tmp_path):
+    from evalsuite.records import RunRecord, write_record
+
+    def record(folder, run_id, scores):
+        top1 = sum(scores) / len(scores)
+        rec = RunRecord(run_id=run_id, cell_key=run_id * 8, status="ok", started_at="t0", finished_at="2026-01-01T00:00:00",
+                        evalsuite_version="0", git_sha=None, git_dirty=None,
+                        task={"name": "imagenet", "label": "imagenet/linear", "version": 2, "tolerance": 0.5},
+                        data={"source": "mini", "world": "seed0-small", "root": "/x", "manifest_sha256": "abc"},
+                        backbone={"name": "mae-tiny", "label": "mae-tiny", "weights": "random"}, seed=0,
+                        metrics=[{"name": "top1", "value": top1, "split": "val", "higher_is_better": True,
+                                  "primary": True, "std": None}], per_sample={"top1": scores})
+        write_record(rec, tmp_path / folder / "r.json")
+
+    record("a", "ra", [100.0] * 40 + [0.0] * 60)
+    record("b", "rb", [100.0] * 70 + [0.0] * 30)  # fixes 30 images, breaks none
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b")], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert "ci95_low" in result.output and "ci95_high" in result.output
+    row = next(line for line in result.output.splitlines() if "top1" in line)
+    low, high = (float(cell) for cell in row.replace("│", " ").split()[-2:])
+    assert 20 < low < 30 < high < 40

@@ -56,6 +56,16 @@ def test_record_rejects_numbers_on_failure_and_non_finite():
         _record(metrics=[{"name": "m", "value": float("nan"), "split": "v", "higher_is_better": True, "primary": True, "std": None}])
 
 
+def test_per_sample_scores_must_average_to_their_metric():
+    assert _record(per_sample={"m": [1.0, 2.0]}).per_sample == {"m": [1.0, 2.0]}
+    with pytest.raises(ValueError, match="average 2, not the reported 1.5"):
+        _record(per_sample={"m": [1.0, 3.0]})
+    with pytest.raises(ValueError, match="belong to a reported metric"):
+        _record(per_sample={"other": [1.5]})
+    with pytest.raises(ValueError, match="no per-sample"):
+        _record(status="failed", metrics=[], per_sample={"m": [1.5]})
+
+
 def test_unknown_schema_version_is_refused(tmp_path):
     path = tmp_path / "r.json"
     data = json.loads(_record().to_json()) | {"schema_version": 999}
