@@ -167,8 +167,11 @@ def test_compare_bounds_the_delta_only_where_both_sides_scored_the_same_images()
     assert "ci95_low" not in compare(a, b).columns
 
 
-def test_compare_cli_bounds_the_delta_from_record_folders(tmp_path):
+def test_compare_cli_bounds_the_delta_from_record_folders(tmp_path, monkeypatch):
+    from evalsuite import cli
     from evalsuite.records import RunRecord, write_record
+
+    monkeypatch.setattr(cli.console, "width", 250)  # one line per row, whatever the terminal
 
     def record(folder, run_id, scores):
         top1 = sum(scores) / len(scores)
@@ -183,7 +186,7 @@ def test_compare_cli_bounds_the_delta_from_record_folders(tmp_path):
 
     record("a", "ra", [100.0] * 40 + [0.0] * 60)
     record("b", "rb", [100.0] * 70 + [0.0] * 30)  # fixes 30 images, breaks none
-    result = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b")], env={"COLUMNS": "250"})
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b")])
     assert result.exit_code == 0, result.output
     assert "ci95_low" in result.output and "ci95_high" in result.output
     row = next(line for line in result.output.splitlines() if "top1" in line)
