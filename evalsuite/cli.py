@@ -171,8 +171,8 @@ def compare(a: Path = typer.Argument(..., help="Results A (folder or CSV)."),
             b: Path = typer.Argument(..., help="Results B (folder or CSV).")):
     """Per-task, per-metric deltas B − A; the better side follows each metric's direction.
 
-    Where both sides are record folders with per-sample scores on the same data (ImageNet linear
-    probes), ci95_low/ci95_high bound the delta: a paired bootstrap over the test images."""
+    Where both sides are record folders with per-sample scores on the same data (ImageNet on frozen
+    features), ci95_low/ci95_high bound the delta: a paired bootstrap over the test images."""
     from .leaderboard import compare as compare_frames, load_samples, load_tidy
 
     try:

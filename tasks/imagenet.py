@@ -277,9 +277,9 @@ def select_and_report(
     return best, sel_acc[best], topk_accuracy(configs[best].inputs(rep_x) @ W + b, rep_y, ks=(1, 5))
 
 
-def top1_correct(config: HeadConfig, W: torch.Tensor, b: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per val image: is the label the top logit (ties broken as `topk_accuracy` breaks them)?"""
-    return (config.inputs(feats.float()) @ W + b).topk(1, dim=1).indices[:, 0] == labels
+def top1_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per val image: is the label the top score (ties broken as `topk_accuracy` breaks them)?"""
+    return logits.topk(1, dim=1).indices[:, 0] == labels
 
 
 def per_image_top1(correct: list[torch.Tensor]) -> list[float]:
@@ -323,7 +323,8 @@ class ImageNetTask:
                                        batch_size=p["batch_size"], seed=seed, indices=fit)
             best, held_top1, acc = select_and_report(configs, heads, feats[held].float(), labels[held],
                                                      val_feats.float(), val_labels)
-            correct.append(top1_correct(configs[best], *heads[best], val_feats, val_labels))
+            W, b = heads[best]
+            correct.append(top1_hits(configs[best].inputs(val_feats.float()) @ W + b, val_labels))
             runs.append({"seed": seed, "top1": 100 * acc[1], "top5": 100 * acc[5], "heldout_top1": 100 * held_top1,
                          **asdict(configs[best])})
         selected = {k: runs[0][k] for k in ("n_blocks", "avgpool", "lr")} if len(runs) == 1 else {"per_seed": runs}
@@ -340,7 +341,7 @@ class ImageNetTask:
                                                  warmup_epochs=p["lin_warmup_epochs"], seed=seed)
             acc = topk_accuracy(config.inputs(val_feats.float()) @ W + b, val_labels, ks=(1, 5))
             runs.append({"seed": seed, "top1": 100 * acc[1], "top5": 100 * acc[5]})
-            correct.append(top1_correct(config, W, b, val_feats, val_labels))
+            correct.append(top1_hits(config.inputs(val_feats.float()) @ W + b, val_labels))
         selected = {"selection": "none (fixed recipe)", "labelled_images": len(rows),
                     **({"per_seed": runs} if len(runs) > 1 else {})}
         return TaskOutput(self._seed_metrics(runs, {"top1": "val", "top5": "val"}), selected=selected,
@@ -384,7 +385,8 @@ class ImageNetTask:
             for k, s in scores.items()
         ]
         return TaskOutput(metrics=metrics, selected={"k": primary_k, "temperature": spec.params["knn_temperature"],
-                                                     "labelled_images": len(rows)})
+                                                     "labelled_images": len(rows)},
+                          per_sample={"top1": per_image_top1([top1_hits(scores[primary_k], val_labels)])})
 
 
     def _logreg(self, backbone, spec, ctx, train, val, rows) -> TaskOutput:
@@ -411,6 +413,7 @@ class ImageNetTask:
             metrics=[Metric("top1", 100 * acc[1], "val", True, primary=True), Metric("top5", 100 * acc[5], "val", True),
                      Metric("heldout_top1", 100 * held_acc[best], "train-heldout", True)],
             selected={"C": best, "labelled_images": len(rows)},
+            per_sample={"top1": per_image_top1([top1_hits(logits, val_labels)])},
         )
 
 

@@ -110,10 +110,9 @@ def test_logreg_protocol_is_a_consistent_reference(tmp_path):
                        out_dir=tmp_path).record
         out[protocol] = {m["name"]: m["value"] for m in rec.metrics}
         assert rec.task["label"] == f"imagenet/{protocol}"
-        if protocol != "logreg":  # per-image top-1 of the probes: one score per val image, mean = top-1
-            scores = rec.per_sample["top1"]
-            assert len(scores) == 300 and set(scores) <= {0.0, 100.0}
-            assert sum(scores) / len(scores) == pytest.approx(out[protocol]["top1"], abs=1e-5)  # top-1 is a float32 mean
+        scores = rec.per_sample["top1"]  # per-image top-1: one score per val image, mean = top-1
+        assert len(scores) == 300 and set(scores) <= {0.0, 100.0}
+        assert sum(scores) / len(scores) == pytest.approx(out[protocol]["top1"], abs=1e-5)  # top-1 is a float32 mean
     assert 0 <= out["logreg"]["top1"] <= 100 and out["logreg"]["top5"] >= out["logreg"]["top1"]
     assert abs(out["logreg"]["top1"] - out["linear"]["top1"]) < 20  # same features, two trainers
     assert abs(out["mae-linear"]["top1"] - out["linear"]["top1"]) < 20 and out["mae-linear"]["top1"] > 100 / 15

@@ -57,6 +57,7 @@ def test_run_on_mini_then_leaderboard_and_skip(tmp_path):
     assert rec.data["world"] == "seed0-small" and rec.data["root"].endswith("-seed0-small")
     primary = [m for m in rec.metrics if m["primary"]]
     assert len(primary) == 1 and 0 <= primary[0]["value"] <= 100
+    assert len(rec.per_sample["top1"]) == 300  # k-NN: one top-1 per val image
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "skipped" in again.output
     board = runner.invoke(app, ["leaderboard", str(out), "--format", "csv"])
