@@ -176,7 +176,8 @@ def compare(a: Path = typer.Argument(..., help="Results A (folder or CSV)."),
     from .leaderboard import compare as compare_frames, load_samples, load_tidy
 
     try:
-        table = compare_frames(load_tidy(a), load_tidy(b), load_samples(a), load_samples(b))
+        frame_a, frame_b = load_tidy(a), load_tidy(b)
+        table = compare_frames(frame_a, frame_b, load_samples(a, frame_a), load_samples(b, frame_b))
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     out = Table(title=f"A = {a}   B = {b}")

@@ -193,17 +193,17 @@ def paired_bootstrap(a, b, resamples: int = 10_000, level: float = 0.95, seed: i
     return float(d.mean()), float(lo), float(hi)
 
 
-def load_samples(source: str | Path) -> dict[tuple, tuple[str, np.ndarray]]:
+def load_samples(source: str | Path, frame: pd.DataFrame | None = None) -> dict[tuple, tuple[str, np.ndarray]]:
     """Per-sample scores of every cell of a record folder (CSV files carry none): cell key →
     (data manifest, scores averaged over the cell's run seeds). Cells whose records disagree on the
-    data, or lack per-sample scores, are left out."""
+    data, or lack per-sample scores, are left out. ``frame``: the folder's `load_tidy`, if already read."""
     source = Path(source)
     if not source.is_dir():
         return {}
     runs = {rec.run_id: (rec.data["manifest_sha256"], rec.per_sample)
             for _, rec in iter_records(source) if rec.status == "ok" and rec.per_sample}
     out = {}
-    for key, group in latest(load_tidy(source)).groupby(CELL):
+    for key, group in latest(load_tidy(source) if frame is None else frame).groupby(CELL):
         found = [runs.get(r) for r in group["run_id"]]
         metric = key[-1]
         if any(f is None or metric not in f[1] for f in found):

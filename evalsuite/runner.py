@@ -24,7 +24,7 @@ from .checkpoints import BackboneSpec, create_backbone, resolve_weights
 from .contracts import RunContext, TaskSpec
 from .data import file_sha256, manifest_sha256, resolve_data_root
 from .environment import default_device, environment, git_state, seed_everything
-from .mini import Size, ensure_mini
+from .mini import Size, ensure_mini, world_name
 from .records import RunRecord, cell_key, record_path, write_record
 from .registry import BACKBONES, TASKS
 
@@ -121,7 +121,7 @@ def run_cell(
         task=_task_info(spec), seed=seed,
         data={"source": data, "dataset": spec.mini_dataset if data == "mini" else spec.dataset,
               "root": str(root), "manifest_sha256": manifest,
-              **({"world": f"seed{mini_seed}-{mini_size}"} if data == "mini" else {})},
+              **({"world": world_name(mini_size, mini_seed)} if data == "mini" else {})},
         environment=environment(device, amp_dtype),
     )
     label = backbone if weights_id == "random" else f"{backbone}@{weights_label or weights_id[:8]}"

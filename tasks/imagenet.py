@@ -262,11 +262,17 @@ def train_mae_linear_head(feats: torch.Tensor, labels: torch.Tensor, num_classes
     return config, W * inv_std[:, None], b - (mean * inv_std) @ W
 
 
+def top1_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per val image: is the label the top score (ties broken as `topk_accuracy` breaks them)?"""
+    return logits.topk(1, dim=1).indices[:, 0] == labels
+
+
 def select_and_report(
     configs: list[HeadConfig], heads, sel_x, sel_y, rep_x, rep_y
-) -> tuple[int, float, dict[int, float]]:
-    """Pick the head with the best top-1 on the selection split, then evaluate it on the report split.
-    Diverged heads (non-finite weights, e.g. the largest learning rates) are never selected."""
+) -> tuple[int, float, dict[int, float], torch.Tensor]:
+    """Pick the head with the best top-1 on the selection split, then evaluate it on the report split:
+    (best, its selection top-1, its report top-k, its per-image report top-1 hits). Diverged heads
+    (non-finite weights, e.g. the largest learning rates) are never selected."""
     finite = [bool(torch.isfinite(W).all() and torch.isfinite(b).all()) for W, b in heads]
     if not any(finite):
         raise FloatingPointError("every head of the sweep diverged (non-finite weights)")
@@ -274,12 +280,8 @@ def select_and_report(
                for c, (W, b), ok in zip(configs, heads, finite)]
     best = max(range(len(configs)), key=lambda i: (sel_acc[i], -i))
     W, b = heads[best]
-    return best, sel_acc[best], topk_accuracy(configs[best].inputs(rep_x) @ W + b, rep_y, ks=(1, 5))
-
-
-def top1_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per val image: is the label the top score (ties broken as `topk_accuracy` breaks them)?"""
-    return logits.topk(1, dim=1).indices[:, 0] == labels
+    logits = configs[best].inputs(rep_x) @ W + b
+    return best, sel_acc[best], topk_accuracy(logits, rep_y, ks=(1, 5)), top1_hits(logits, rep_y)
 
 
 def per_image_top1(correct: list[torch.Tensor]) -> list[float]:
@@ -321,10 +323,9 @@ class ImageNetTask:
             fit, held = rows[fit], rows[held]
             heads = train_linear_heads(feats, labels, num_classes, configs, epochs=p["epochs"],
                                        batch_size=p["batch_size"], seed=seed, indices=fit)
-            best, held_top1, acc = select_and_report(configs, heads, feats[held].float(), labels[held],
-                                                     val_feats.float(), val_labels)
-            W, b = heads[best]
-            correct.append(top1_hits(configs[best].inputs(val_feats.float()) @ W + b, val_labels))
+            best, held_top1, acc, hits = select_and_report(configs, heads, feats[held].float(), labels[held],
+                                                           val_feats.float(), val_labels)
+            correct.append(hits)
             runs.append({"seed": seed, "top1": 100 * acc[1], "top5": 100 * acc[5], "heldout_top1": 100 * held_top1,
                          **asdict(configs[best])})
         selected = {k: runs[0][k] for k in ("n_blocks", "avgpool", "lr")} if len(runs) == 1 else {"per_seed": runs}
@@ -339,9 +340,10 @@ class ImageNetTask:
             config, W, b = train_mae_linear_head(feats, labels, num_classes, rows, epochs=p["lin_epochs"],
                                                  batch_size=p["lin_batch_size"], blr=p["lin_blr"],
                                                  warmup_epochs=p["lin_warmup_epochs"], seed=seed)
-            acc = topk_accuracy(config.inputs(val_feats.float()) @ W + b, val_labels, ks=(1, 5))
+            logits = config.inputs(val_feats.float()) @ W + b
+            acc = topk_accuracy(logits, val_labels, ks=(1, 5))
             runs.append({"seed": seed, "top1": 100 * acc[1], "top5": 100 * acc[5]})
-            correct.append(top1_hits(config.inputs(val_feats.float()) @ W + b, val_labels))
+            correct.append(top1_hits(logits, val_labels))
         selected = {"selection": "none (fixed recipe)", "labelled_images": len(rows),
                     **({"per_seed": runs} if len(runs) > 1 else {})}
         return TaskOutput(self._seed_metrics(runs, {"top1": "val", "top5": "val"}), selected=selected,

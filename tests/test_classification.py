@@ -82,8 +82,8 @@ def test_selection_never_reads_the_report_split():
     identity, swap = torch.eye(2), torch.tensor([[0.0, 1.0], [1.0, 0.0]])
     heads = [(identity, torch.zeros(2)), (swap, torch.zeros(2))]
     sel_y, rep_y = torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long)
-    best, sel_acc, rep = select_and_report(configs, heads, x, sel_y, x, rep_y)
-    assert best == 0 and sel_acc == 1.0 and rep[1] == 0.0
+    best, sel_acc, rep, hits = select_and_report(configs, heads, x, sel_y, x, rep_y)
+    assert best == 0 and sel_acc == 1.0 and rep[1] == 0.0 and not hits.any()
 
 
 def test_heldout_split_is_seeded_and_disjoint():
@@ -185,7 +185,7 @@ def test_diverged_heads_are_never_selected():
     y = torch.zeros(10, dtype=torch.long)
     nan_head = (torch.full((3, 2), float("nan")), torch.zeros(2))
     good_head = (torch.zeros(3, 2), torch.tensor([1.0, 0.0]))  # always class 0: 100 % here
-    best, _, acc = select_and_report(configs, [nan_head, good_head], x, y, x, y)
+    best, _, acc, _ = select_and_report(configs, [nan_head, good_head], x, y, x, y)
     assert best == 1 and acc[1] == 1.0
     with pytest.raises(FloatingPointError, match="diverged"):
         select_and_report(configs, [nan_head, nan_head], x, y, x, y)

@@ -45,9 +45,14 @@ def cache_root() -> Path:
     return Path(os.environ.get("EVALSUITE_MINI_CACHE", Path.home() / ".cache" / "evalsuite" / "mini"))
 
 
+def world_name(size: Size = "small", seed: int = 0) -> str:
+    """A generated world's name in records and leaderboards (``seed0-small``), also the end of its folders."""
+    return f"seed{seed}-{size}"
+
+
 def mini_dir(name: str, size: Size = "small", seed: int = 0) -> Path:
     spec: MiniDataset = MINI_DATASETS.get(name)
-    return cache_root() / f"{name}-v{spec.version}-seed{seed}-{size}"
+    return cache_root() / f"{name}-v{spec.version}-{world_name(size, seed)}"
 
 
 def write_manifest(root: Path, meta: dict) -> str:
