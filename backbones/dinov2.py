@@ -69,7 +69,7 @@ def make_spec(name: str, dim: int, depth: int, heads: int, registers: int, swigl
         build=lambda: DINOv2(meta, img_size=img_size, num_heads=heads, num_register_tokens=registers,
                              resample=resample, init_values=1e-5, swiglu=swiglu, mask_token=True),
         convert=convert, ignore=PRETRAIN_ONLY, weights_file=file, hf_repo=hf, random_by_default=file is None,
-        pretrain=partial(dino_objective, **(objective or {})),
+        pretrain=partial(DINOObjective, **(objective or {})),
     )
 
 
@@ -276,10 +276,6 @@ def photometric(image, gen: torch.Generator, blur_p: float, solarize_p: float):
     if u[8] < solarize_p:
         image = ImageOps.solarize(image, 128)
     return image
-
-
-def dino_objective(encoder: ViT, **overrides) -> DINOObjective:
-    return DINOObjective(encoder, **overrides)
 
 
 _HF_NAMES = {"s": "small", "b": "base", "l": "large", "g": "giant"}

@@ -46,14 +46,14 @@ def make_spec(name: str, dim: int, depth: int, heads: int, patch: int, file: str
         name=name, family="mae",
         build=lambda: MAE(meta, img_size=img_size, num_heads=heads, pos_embed="sincos", resample=resample_bicubic),
         convert=convert, ignore=PRETRAIN_ONLY, weights_file=file, hf_repo=hf, random_by_default=file is None,
-        pretrain=partial(mae_objective, **(decoder or {})),
+        pretrain=partial(MaskedAutoencoder, **(decoder or {})),
     )
 
 
 
 
 # ---------------------------------------------------------------------------------------
-# Pretraining objective (He et al. 2022), shared with Pixio
+# Pretraining objective (He et al. 2022); Pixio's (`backbones.pixio`) builds on it
 # ---------------------------------------------------------------------------------------
 def patchify(images: torch.Tensor, p: int) -> torch.Tensor:
     """B×3×H×W → B×N×(p·p·3), patch pixels ordered (row, col, channel) as in MAE."""
@@ -91,21 +91,24 @@ def random_masking(noise: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor
 
 
 class MaskedAutoencoder(nn.Module):
-    """Encoder (a registered ViT) + lightweight decoder predicting the pixels of masked patches.
+    """MAE's objective: encoder (a registered ViT) + lightweight decoder predicting the pixels of
+    masked patches; random masking 0.75, 8-block 512-wide decoder with fixed sin-cos positions,
+    norm-pix loss, flips.
 
     Keys: ``encoder.*`` and ``decoder_*`` / ``mask_token`` (the official MAE names), so a checkpoint
     loads into the encoder with the decoder dropped explicitly (``PRETRAIN_ONLY``).
     """
 
     def __init__(self, encoder: ViT, *, decoder_dim: int = 512, decoder_depth: int = 8, decoder_heads: int = 16,
-                 decoder_pos: str = "sincos", mask_ratio: float = 0.75, norm_pix_loss: bool = True,
-                 masking: str = "random", mask_block: int = 4, flip: bool = True,
+                 decoder_pos: str = "sincos", mask_ratio: float = 0.75, norm_pix_loss: bool = True, flip: bool = True,
                  image_size: tuple[int, int] | None = None):
         super().__init__()
         from timm.models.vision_transformer import Block
 
+        if decoder_pos not in ("sincos", "learned"):
+            raise ValueError(f"decoder_pos must be sincos or learned, got {decoder_pos!r}")
         self.encoder = encoder
-        self.mask_ratio, self.norm_pix_loss, self.masking, self.mask_block, self.flip = mask_ratio, norm_pix_loss, masking, mask_block, flip
+        self.mask_ratio, self.norm_pix_loss, self.flip = mask_ratio, norm_pix_loss, flip
         self.image_size = tuple(image_size or encoder.meta.image_size)
         dim, p, n_cls = encoder.meta.embed_dim, encoder.meta.patch_size, encoder.num_cls_tokens
         gh, gw = self.image_size[0] // p, self.image_size[1] // p
@@ -135,14 +138,21 @@ class MaskedAutoencoder(nn.Module):
         return to_normalised_tensor(crop_resize(image, gen, self.image_size, (0.2, 1.0), self.flip), pre.mean, pre.std)
 
     def masks(self, noise: torch.Tensor, grid: tuple[int, int]):
-        if self.masking == "block":
-            return block_masking(noise, grid, self.mask_ratio, self.mask_block)
+        """(ids_keep, mask, ids_restore) from the step's noise: MAE's per-patch random masking."""
         return random_masking(noise, self.mask_ratio)
 
     def noise_shape(self, batch: int, grid: tuple[int, int]) -> tuple[int, int]:
-        h, w = grid
-        n = (h // self.mask_block) * (w // self.mask_block) if self.masking == "block" else h * w
-        return batch, n
+        return batch, grid[0] * grid[1]
+
+    def reconstruction_error(self, images: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Per image: the mean squared error over its masked patches (of the loss's target), which is
+        what Pixio's soft self-curation scores."""
+        out = self(images, noise)
+        target = patchify(images, self.encoder.meta.patch_size)
+        if self.norm_pix_loss:
+            target = norm_pix_target(target)
+        per_patch = ((out["pred"] - target) ** 2).mean(-1)
+        return (per_patch * out["mask"]).sum(1) / out["mask"].sum(1)
 
     def forward(self, images: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
         p = self.encoder.meta.patch_size
@@ -168,33 +178,6 @@ class MaskedAutoencoder(nn.Module):
             x = block(x)
         return self.decoder_pred(self.decoder_norm(x))[:, n:]
 
-
-def block_masking(noise: torch.Tensor, grid: tuple[int, int], mask_ratio: float, block: int):
-    """Pixio's block masking: whole block×block squares of patches are masked or kept together.
-
-    ``noise`` is B×n_blocks; the int(n_blocks·(1−r)) lowest-noise blocks are kept. Patch ids are
-    ordered block by block (kept blocks first), so the MAE gather/restore machinery applies.
-    """
-    h, w = grid
-    if h % block or w % block:
-        raise ValueError(f"block masking needs a patch grid divisible by {block}, got {h}×{w}")
-    B, n_blocks = noise.shape
-    bw = w // block
-    block_order = noise.argsort(dim=1)  # B×n_blocks
-    rows = torch.div(block_order, bw, rounding_mode="floor")[..., None] * block + torch.arange(block).repeat_interleave(block)
-    cols = (block_order % bw)[..., None] * block + torch.arange(block).repeat(block)
-    ids_shuffle = (rows * w + cols).reshape(B, -1)
-    ids_restore = ids_shuffle.argsort(dim=1)
-    n_keep = int(n_blocks * (1 - mask_ratio)) * block * block
-    mask = torch.ones(B, h * w, device=noise.device)
-    mask[:, :n_keep] = 0
-    return ids_shuffle[:, :n_keep], torch.gather(mask, 1, ids_restore), ids_restore
-
-
-def mae_objective(encoder: ViT, **overrides) -> MaskedAutoencoder:
-    """MAE: random masking 0.75, 8-block 512-wide decoder, fixed sin-cos positions, norm-pix loss, flips."""
-    cfg = dict(decoder_dim=512, decoder_depth=8, decoder_heads=16, decoder_pos="sincos", masking="random", flip=True)
-    return MaskedAutoencoder(encoder, **{**cfg, **overrides})
 
 register_backbone(make_spec("mae-b16", 768, 12, 12, 16, "mae_pretrain_vit_base.pth", "facebook/vit-mae-base"))
 register_backbone(make_spec("mae-l16", 1024, 24, 16, 16, "mae_pretrain_vit_large.pth", "facebook/vit-mae-large"))

@@ -19,6 +19,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from evalsuite.checkpoints import BackboneSpec, register_backbone
 from evalsuite.contracts import Backbone, BackboneMeta, Features
+from evalsuite.text import SPECIAL_TOKENS, fit_wordpiece
 
 from .vit import preprocess_imagenet
 
@@ -62,7 +63,7 @@ def make_spec(name: str, block, layers: list[int], width: int, file: str | None,
     return BackboneSpec(name=name, family="pixelbert",
                         build=lambda: PixelBERTResNet(meta, block, layers, groups, width_per_group),
                         convert=convert, ignore=CLASSIFIER, weights_file=file, random_by_default=file is None,
-                        pretrain=partial(pixelbert_objective, **(objective or {})))
+                        pretrain=partial(PixelBERTObjective, **(objective or {})))
 
 
 
@@ -70,20 +71,6 @@ def make_spec(name: str, block, layers: list[int], width: int, file: str | None,
 # ---------------------------------------------------------------------------------------
 # Pretraining objective (Huang et al. 2020): MLM + ITM over caption tokens and CNN pixels
 # ---------------------------------------------------------------------------------------
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-
-
-def train_tokenizer(captions: list[str], vocab_size: int):
-    """A lower-cased WordPiece tokenizer fitted on the pretraining captions (deterministic)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.train_from_iterator(captions, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS)))
-    return tokenizer
-
-
 def sample_pixels(fmap: torch.Tensor, n: int, noise: torch.Tensor) -> torch.Tensor:
     """B×C×h×w → B×n×C: ``n`` distinct feature-map pixels per image, chosen by ``noise`` (B×≥h·w)."""
     B, C, h, w = fmap.shape
@@ -132,7 +119,7 @@ class PixelBERTObjective(nn.Module):
     def prepare(self, dataset) -> None:
         from transformers import BertConfig, BertForPreTraining
 
-        self.tokenizer = train_tokenizer(dataset.captions, self.vocab_size)
+        self.tokenizer = fit_wordpiece(dataset.captions, self.vocab_size)
         vocab = self.tokenizer.get_vocab_size()
         cfg = BertConfig(vocab_size=vocab, hidden_size=self.hidden, num_hidden_layers=self.layers,
                          num_attention_heads=self.heads, intermediate_size=4 * self.hidden,
@@ -176,10 +163,6 @@ class PixelBERTObjective(nn.Module):
                         labels=torch.cat([mlm_labels, torch.full((B, n), -100, device=device)], 1),
                         next_sentence_label=swap.long())
         return {"loss": out.loss}
-
-
-def pixelbert_objective(encoder: PixelBERTResNet, **overrides) -> PixelBERTObjective:
-    return PixelBERTObjective(encoder, **overrides)
 
 
 register_backbone(make_spec("pixelbert-r50", Bottleneck, [3, 4, 6, 3], 2048, "pixelbert_r50.pth"))

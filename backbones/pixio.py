@@ -8,7 +8,6 @@ repos ``facebook/pixio-vit*16`` use the transformers layout and are converted he
 
 from __future__ import annotations
 
-
 from functools import partial
 
 import torch
@@ -16,7 +15,7 @@ import torch
 from evalsuite.checkpoints import BackboneSpec, register_backbone
 from evalsuite.contracts import BackboneMeta, Preprocess
 
-from .mae import MaskedAutoencoder
+from .mae import MaskedAutoencoder, random_masking
 from .vit import ViT, from_transformers, is_transformers_layout, resample_bicubic
 
 NUM_CLS = 8
@@ -50,12 +49,56 @@ def convert(state: dict) -> dict:
     return dict(state)
 
 
-def pixio_objective(encoder: ViT, **overrides) -> MaskedAutoencoder:
+# ---------------------------------------------------------------------------------------
+# Pretraining objective: MAE's, with block masking and a deeper decoder
+# ---------------------------------------------------------------------------------------
+def block_masking(noise: torch.Tensor, grid: tuple[int, int], mask_ratio: float, block: int):
+    """Pixio's block masking: whole block×block squares of patches are masked or kept together.
+
+    ``noise`` is B×n_blocks; the int(n_blocks·(1−r)) lowest-noise blocks are kept. Patch ids are
+    ordered block by block (kept blocks first), so the MAE gather/restore machinery applies.
+    """
+    h, w = grid
+    if h % block or w % block:
+        raise ValueError(f"block masking needs a patch grid divisible by {block}, got {h}×{w}")
+    B, n_blocks = noise.shape
+    bw = w // block
+    block_order = noise.argsort(dim=1)  # B×n_blocks
+    rows = torch.div(block_order, bw, rounding_mode="floor")[..., None] * block + torch.arange(block).repeat_interleave(block)
+    cols = (block_order % bw)[..., None] * block + torch.arange(block).repeat(block)
+    ids_shuffle = (rows * w + cols).reshape(B, -1)
+    ids_restore = ids_shuffle.argsort(dim=1)
+    n_keep = int(n_blocks * (1 - mask_ratio)) * block * block
+    mask = torch.ones(B, h * w, device=noise.device)
+    mask[:, :n_keep] = 0
+    return ids_shuffle[:, :n_keep], torch.gather(mask, 1, ids_restore), ids_restore
+
+
+
+class PixioObjective(MaskedAutoencoder):
     """Pixio: 4×4-patch block masking at 0.75, 512-wide 32-block decoder with learned positions
-    (a row per CLS token), norm-pix loss on masked patches, no flip augmentation."""
-    cfg = dict(decoder_dim=512, decoder_depth=32, decoder_heads=16, decoder_pos="learned", masking="block",
-               mask_block=4, flip=False)
-    return MaskedAutoencoder(encoder, **{**cfg, **overrides})
+    (a row per CLS token), norm-pix loss on masked patches, no flip augmentation. ``masking="random"``
+    swaps in MAE's per-patch masking (for ablations)."""
+
+    def __init__(self, encoder: ViT, *, decoder_dim: int = 512, decoder_depth: int = 32, decoder_heads: int = 16,
+                 decoder_pos: str = "learned", mask_ratio: float = 0.75, norm_pix_loss: bool = True,
+                 masking: str = "block", mask_block: int = 4, flip: bool = False,
+                 image_size: tuple[int, int] | None = None):
+        if masking not in ("block", "random"):
+            raise ValueError(f"masking must be block or random, got {masking!r}")
+        super().__init__(encoder, decoder_dim=decoder_dim, decoder_depth=decoder_depth, decoder_heads=decoder_heads,
+                         decoder_pos=decoder_pos, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss, flip=flip,
+                         image_size=image_size)
+        self.masking, self.mask_block = masking, mask_block
+
+    def masks(self, noise: torch.Tensor, grid: tuple[int, int]):
+        if self.masking == "block":
+            return block_masking(noise, grid, self.mask_ratio, self.mask_block)
+        return random_masking(noise, self.mask_ratio)
+
+    def noise_shape(self, batch: int, grid: tuple[int, int]) -> tuple[int, int]:
+        h, w = grid
+        return (batch, (h // self.mask_block) * (w // self.mask_block)) if self.masking == "block" else (batch, h * w)
 
 
 def make_spec(name: str, dim: int, depth: int, heads: int, file: str | None, hf: str | None,
@@ -67,7 +110,7 @@ def make_spec(name: str, dim: int, depth: int, heads: int, file: str | None, hf:
         name=name, family="pixio",
         build=lambda: Pixio(meta, img_size=img_size, num_heads=heads, resample=resample_bicubic),
         convert=convert, ignore=PRETRAIN_ONLY, weights_file=file, hf_repo=hf,
-        random_by_default=file is None, pretrain=partial(pixio_objective, **(decoder or {})),
+        random_by_default=file is None, pretrain=partial(PixioObjective, **(decoder or {})),
     )
 
 

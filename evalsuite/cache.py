@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .contracts import Backbone, RunContext
+from .contracts import Backbone, Preprocess, RunContext
 from .features import track
-from .records import atomic_directory
+from .fileio import atomic_directory
 
 EXTRACTOR_VERSION = 1
 
@@ -32,19 +32,21 @@ def cache_root() -> Path:
     return Path(os.environ.get("EVALSUITE_FEATURE_CACHE", Path.home() / ".cache" / "evalsuite" / "features"))
 
 
-def feature_key(backbone: Backbone, reducer: str, manifest: str, split: str, dtype: str) -> str:
+def feature_key(backbone: Backbone, reducer: str, data_identity: str, split: str, dtype: str,
+                preprocess: Preprocess | None = None) -> str:
     meta = backbone.meta
-    identity = {"backbone": meta.name, "weights": meta.weights, "reducer": reducer, "manifest": manifest,
-                "split": split, "dtype": dtype, "preprocess": dataclasses.asdict(meta.preprocess),
+    identity = {"backbone": meta.name, "weights": meta.weights, "reducer": reducer, "manifest": data_identity,
+                "split": split, "dtype": dtype, "preprocess": dataclasses.asdict(preprocess or meta.preprocess),
                 "extractor": EXTRACTOR_VERSION}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 def cached_features(backbone: Backbone, dataset: Dataset, ctx: RunContext, reduce: Callable, reducer: str,
-                    split: str, manifest: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features N×… fp16, memory-mapped; labels N) for ``dataset``, extracting on a miss."""
+                    split: str, preprocess: Preprocess) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features N×… fp16, memory-mapped; labels N) of ``split`` of the run's data, read through
+    ``preprocess`` (the data identity and the transform are in the key), extracting on a miss."""
     dtype = str(ctx.amp_dtype or torch.float32).removeprefix("torch.")
-    key = feature_key(backbone, reducer, manifest, split, dtype)
+    key = feature_key(backbone, reducer, ctx.data.identity, split, dtype, preprocess)
     folder = cache_root() / key[:2] / key
     if not (folder / "meta.json").is_file():
         _extract_to(folder, backbone, dataset, ctx, reduce, reducer, split)

@@ -116,7 +116,8 @@ def resolve_weights(spec: BackboneSpec, weights: str | None) -> Path | None:
         candidate = weights_dir() / spec.weights_file if spec.weights_file else None
         if candidate is not None and candidate.is_file():
             return candidate
-        where = f"put {spec.weights_file} in {weights_dir()} (or set EVALSUITE_WEIGHTS_DIR)" if spec.weights_file else "no official file is known"
+        where = (f"put {spec.weights_file} in {weights_dir()} (or set EVALSUITE_WEIGHTS_DIR)" if spec.weights_file
+                 else "no official file is known")
         hub = f", --weights hf-hub:{spec.hf_repo}" if spec.hf_repo else ""
         raise CheckpointError(f"{spec.name}: no weights found: {where}, or pass --weights PATH{hub} or --weights random")
     if weights.startswith("hf-hub:"):
@@ -132,7 +133,7 @@ def _download_hub(repo: str) -> Path:
     for filename in ("model.safetensors", "pytorch_model.bin"):
         try:
             return Path(hf_hub_download(repo, filename))
-        except Exception as exc:  # noqa: BLE001 - try the next file, report the last reason
+        except Exception as exc:
             last = exc
     raise CheckpointError(f"could not fetch weights of {repo} from the hub: {last}")
 

@@ -25,27 +25,6 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _parse_params(items: list[str]) -> dict[str, str]:
-    params = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            _fail(f"--param expects KEY=VALUE, got {item!r}")
-        params[key.strip()] = value.strip()
-    return params
-
-
-def _literal(value: str):
-    """'8' → 8, '0.1' → 0.1, 'true' → True, '(0.1,0.5)' → [0.1, 0.5]; anything else stays a string."""
-    import json
-
-    text = {"true": "true", "false": "false"}.get(value.lower(), value).replace("(", "[").replace(")", "]")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return value
-
-
 def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -53,24 +32,28 @@ def _progress():
                     console=err, transient=True)
 
 
-def _run_one(backbone, task, *, weights, data, data_root, mini_size, mini_seed, seed, params, out, force, batch_size,
-             device):
-    import torch
-
+def _user_errors():
+    """The exceptions that mean "your input is wrong" (one line, exit 2), not "the run failed"."""
     from .checkpoints import CheckpointError
     from .data import DataNotFoundError
     from .registry import UnknownNameError
+
+    return (UnknownNameError, DataNotFoundError, CheckpointError, ValueError, FileNotFoundError)
+
+
+def _run_one(backbone, task, *, weights, data, data_root, mini_size, mini_seed, seed, params, out, force, batch_size,
+             device):
     from .runner import RunFailed, run_cell
 
     try:
         with _progress() as progress:
             return run_cell(backbone, task, weights=weights, data=data, data_root=data_root, mini_size=mini_size,
                             mini_seed=mini_seed, seed=seed, params=params, out_dir=out, force=force, batch_size=batch_size,
-                            device=torch.device(device) if device else None, progress=progress)
-    except (UnknownNameError, DataNotFoundError, CheckpointError, ValueError) as exc:
-        _fail(str(exc))
+                            device=device, progress=progress)
     except RunFailed as exc:
         _fail(f"{exc} (record: {exc.path})", code=1)
+    except _user_errors() as exc:
+        _fail(str(exc))
 
 
 def _print_record(result) -> None:
@@ -98,7 +81,7 @@ def run(
     data_root: Optional[Path] = typer.Option(None, help="The dataset folder (else config file / $EVALSUITE_DATA_ROOT)."),
     mini_size: str = typer.Option("small", help="Mini-world size: small|medium|large."),
     mini_seed: int = typer.Option(0, help="Mini-world generation seed (another seed = other scenes and images)."),
-    protocol: Optional[str] = typer.Option(None, help="Task protocol variant."),
+    protocol: Optional[str] = typer.Option(None, help="Task protocol (`evalsuite show TASK` lists them)."),
     head: Optional[str] = typer.Option(None, help="Head variant of dense tasks."),
     blocks: Optional[int] = typer.Option(None, help="Trainable last blocks of --protocol partial-ft."),
     label_fraction: Optional[float] = typer.Option(None, help="Train on this seeded per-class fraction of the labels."),
@@ -111,7 +94,12 @@ def run(
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 … (default: cuda if available)."),
 ):
     """Evaluate one backbone on one task and write a result record."""
-    params = _parse_params(param)
+    from .params import ParamError, parse_assignments
+
+    try:
+        params: dict = parse_assignments(param)
+    except ParamError as exc:
+        _fail(str(exc))
     for key, value in (("protocol", protocol), ("head", head), ("blocks", blocks), ("label_fraction", label_fraction),
                        ("seeds", seeds)):
         if value is not None:
@@ -173,7 +161,8 @@ def compare(a: Path = typer.Argument(..., help="Results A (folder or CSV)."),
 
     Where both sides are record folders with per-sample scores on the same data (ImageNet on frozen
     features), ci95_low/ci95_high bound the delta: a paired bootstrap over the test images."""
-    from .leaderboard import compare as compare_frames, load_samples, load_tidy
+    from .leaderboard import compare as compare_frames
+    from .leaderboard import load_samples, load_tidy
 
     try:
         frame_a, frame_b = load_tidy(a), load_tidy(b)
@@ -199,7 +188,8 @@ def check(
     tolerance: Optional[float] = typer.Option(None, help="Override every task's tolerance."),
 ):
     """Exit 1 if a primary metric regressed beyond tolerance or a baseline cell is missing."""
-    from .leaderboard import check as check_frames, load_tidy
+    from .leaderboard import check as check_frames
+    from .leaderboard import load_tidy
 
     try:
         result = check_frames(load_tidy(baseline), load_tidy(results), tolerance)
@@ -220,21 +210,28 @@ def check(
     console.print("[green]OK[/]: no primary metric moved beyond tolerance")
 
 
+LISTS = ("backbones", "tasks", "heads", "text-encoders", "mini")
+
+
 @app.command("list")
-def list_(what: str = typer.Argument(..., help="backbones | tasks | mini")):
-    """List registered backbones, tasks or mini datasets."""
+def list_(what: str = typer.Argument(..., help="One of: " + ", ".join(LISTS))):
+    """List registered backbones, tasks (with their protocols), heads, text encoders or mini datasets."""
+    from .registry import HEADS, MINI_DATASETS, TEXT_ENCODERS
+
     if what == "backbones":
         _list_backbones()
     elif what == "tasks":
         _list_tasks()
-    elif what == "mini":
-        from .registry import MINI_DATASETS
-
-        for name in MINI_DATASETS.names():
-            spec = MINI_DATASETS.get(name)
-            console.print(f"{name}  v{spec.version}  {spec.description}", highlight=False)
+    elif what in ("heads", "text-encoders", "mini"):
+        registry = {"heads": HEADS, "text-encoders": TEXT_ENCODERS, "mini": MINI_DATASETS}[what]
+        for name in registry.names():
+            entry = registry.get(name)
+            version = f"  v{entry.version}" if hasattr(entry, "version") else ""
+            console.print(f"{name}{version}  {entry.description}", highlight=False, soft_wrap=True)
     else:
-        _fail(f"unknown list {what!r}: backbones | tasks | mini")
+        from .params import suggest
+
+        _fail(f"unknown list {what!r}.{suggest(what, list(LISTS))} One of: {', '.join(LISTS)}")
 
 
 def _list_backbones() -> None:
@@ -256,7 +253,7 @@ def _list_backbones() -> None:
         try:
             path = resolve_weights(spec, None)
             weights = "random" if path is None else "found"
-        except Exception:  # noqa: BLE001 - listing never fails for a missing file
+        except Exception:
             weights = f"[dim]missing ({spec.weights_file})[/]"
         table.add_row(name, spec.family, f"{meta.num_params / 1e6:.2f}M", str(meta.patch_size), str(meta.embed_dim),
                       str(meta.depth), str(meta.num_cls_tokens), ",".join(map(str, meta.default_layers)), weights)
@@ -267,14 +264,85 @@ def _list_tasks() -> None:
     from .registry import TASKS
 
     table = Table(title="tasks")
-    for col in ("name", "version", "family", "primary", "variants", "dataset", "mini"):
-        table.add_column(col)
+    for col in ("task", "version", "protocol", "primary", "selection / report", "dataset", "mini"):
+        table.add_column(col, overflow="fold")
     for name in TASKS.names():
-        spec = TASKS.get(name).spec
-        variants = "; ".join(f"{k}: {'|'.join(map(str, spec.choices.get(k, ())))}" for k in spec.variant_keys)
-        table.add_row(name, str(spec.version), spec.family, f"{spec.primary_metric} {'↑' if spec.higher_is_better else '↓'}",
-                      variants, spec.dataset, spec.mini_dataset or "—")
+        task = TASKS.get(name)
+        for i, proto in enumerate(task.protocols.values()):
+            table.add_row(name if i == 0 else "", str(task.version) if i == 0 else "", proto.name,
+                          f"{proto.primary_metric} {'↑' if proto.higher_is_better else '↓'}",
+                          f"{proto.selection_split} / {proto.report_split}", task.dataset if i == 0 else "",
+                          (task.mini_dataset or "—") if i == 0 else "")
     console.print(table)
+
+
+@app.command()
+def show(
+    task: str = typer.Argument(..., help="A registered task."),
+    protocol: Optional[str] = typer.Option(None, help="The protocol (default: the task's first)."),
+    param: List[str] = typer.Option([], "--param", "-p", help="Protocol parameter KEY=VALUE (repeatable)."),
+    head: Optional[str] = typer.Option(None, help="Head of dense protocols."),
+    data: str = typer.Option("real", help="'real' or 'mini' (mini-world defaults)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Resolve the blocks read and the transform."),
+    as_json: bool = typer.Option(False, "--json", help="Print the resolved protocol as JSON."),
+):
+    """Print a fully resolved protocol: every parameter that would run (defaults, protocol presets,
+    mini-world values and your -p), what is read from the backbone and how images are transformed."""
+    import json
+
+    from .params import ParamError, parse_assignments
+    from .registry import TASKS
+
+    try:
+        overrides = parse_assignments(param) | ({"head": head} if head else {})
+        cfg = TASKS.get(task).resolve(overrides, protocol=protocol, mini=data == "mini")
+        model = None
+        if backbone is not None:
+            from .checkpoints import BackboneSpec
+            from .registry import BACKBONES
+
+            spec = BACKBONES.get(backbone)
+            if isinstance(spec, BackboneSpec):
+                import torch
+
+                with torch.device("meta"):
+                    model = spec.build()
+    except (ParamError, *_user_errors()) as exc:
+        _fail(str(exc))
+    reads = _resolved_reads(cfg, model)
+    if as_json:
+        sys.stdout.write(json.dumps({"task": cfg.record(), "identity": cfg.identity(), **reads}, indent=1, default=str) + "\n")
+        return
+    proto = cfg.protocol
+    console.print(f"[bold]{cfg.label}[/] (v{cfg.version}) — {proto.description}", highlight=False, soft_wrap=True)
+    console.print(f"primary metric: {proto.primary_metric} {'↑' if proto.higher_is_better else '↓'} · selection: "
+                  f"{proto.selection_split} · report: {proto.report_split}" + (" · mini-world values" if cfg.mini else ""),
+                  highlight=False, soft_wrap=True)
+    table = Table(title="parameters")
+    for col in ("owner", "name", "value", "default", "range", "help"):
+        table.add_column(col, overflow="fold")
+    owners = [(proto.name, cfg.params)] + [(f"{k} {cfg.params.to_dict().get(k, '')}", p) for k, p in cfg.components.items()]
+    for owner, params in owners:
+        for row in params.describe():
+            value = getattr(params, row["name"])
+            changed = value != row["default"]
+            table.add_row(owner, row["name"] + (" (operational)" if row["operational"] else ""),
+                          f"[bold]{value}[/]" if changed else str(value), str(row["default"]), row["range"], row["help"])
+    console.print(table)
+    for key, value in reads.items():
+        console.print(f"{key}: {value}", highlight=False, soft_wrap=True)
+
+
+def _resolved_reads(cfg, model) -> dict:
+    """What a protocol reads, concretely for ``model`` when given (blocks, norm, CLS, transform)."""
+    out = {}
+    head = cfg.components.get("head")
+    if head is not None and hasattr(head, "layer_indices"):
+        blocks = head.layer_indices(model) if model is not None else head.layers
+        out["reads"] = f"blocks {blocks}, final norm {'on' if head.norm else 'off'}, CLS {head.cls}"
+    if model is not None:
+        out["transform"] = model.meta.preprocess_for(cfg.protocol.name).describe()
+    return out
 
 
 @app.command()
@@ -325,16 +393,23 @@ def pretrain(
     num_workers: int = typer.Option(0),
 ):
     """Pretrain with the backbone family's own objective; runs under torchrun (DDP) as is."""
-    from .pretrain import PretrainConfig, pretrain as run_pretrain
+    from .pretrain import PretrainConfig
+    from .pretrain import pretrain as run_pretrain
 
     if steps is None and epochs is None:
         _fail("give --steps N or --epochs N")
     if (out / "checkpoint.pth").is_file() and not resume:
         _fail(f"{out / 'checkpoint.pth'} exists: pass --resume to continue it, or another --out")
+    from .params import parse_assignments
+    from .pretrain import check_objective
+
+    try:
+        options = check_objective(backbone, parse_assignments(objective, "--objective"))
+    except _user_errors() as exc:
+        _fail(str(exc))
     cfg = PretrainConfig(backbone=backbone, data=data, mini_seed=mini_seed, out=str(out), steps=steps, epochs=epochs, batch_size=batch_size,
                          blr=blr, drop_path=drop_path, seed=seed, scores=str(scores) if scores else None, weights=weights,
-                         objective={k: _literal(v) for k, v in _parse_params(objective).items()},
-                         num_workers=num_workers, save_every=save_every, image_size=image_size)
+                         objective=options, num_workers=num_workers, save_every=save_every, image_size=image_size)
     with _progress() as progress:
         path = run_pretrain(cfg, progress)
     console.print(f"checkpoint: {path}  (evaluate with --weights {path})", highlight=False)
@@ -389,7 +464,8 @@ def curate(
     min_entropy: float = typer.Option(4.5, help="Images with colour-histogram entropy (bits) at or below score 0."),
 ):
     """Score images for Pixio's soft self-curation (keep probability = score)."""
-    from .curate import curate as run_curate, write_scores
+    from .curate import curate as run_curate
+    from .curate import write_scores
 
     result = run_curate(scorer, data, min_side=min_side, min_entropy=min_entropy)
     write_scores(result, out)

@@ -1,8 +1,8 @@
-"""The two contracts everything plugs into: Backbone and Task.
+"""The contracts everything plugs into: Backbone, Task (a table of Protocols) and DataSource.
 
-A backbone turns images into `Features`; a task turns a backbone into metrics.
-Both are registered by name (see `evalsuite.registry`) and described by plain
-dataclasses so that records and leaderboards never need to import a model.
+A backbone turns images into `Features`; a task is its data plus a table of registered protocols,
+each with its own typed parameters (`evalsuite.params`), metrics and selection/report splits; a
+protocol turns a backbone into metrics. Records and leaderboards never need to import a model.
 """
 
 from __future__ import annotations
@@ -10,10 +10,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
 import torch
 from torch import nn
+
+from .params import ParamError, Params, suggest
+
+if TYPE_CHECKING:
+    from .registry import Registry
 
 
 # ---------------------------------------------------------------------------------------
@@ -59,6 +64,12 @@ class Preprocess:
             geometry = [T.Resize(short, interpolation=mode), T.CenterCrop(self.size)]
         return T.Compose([*geometry, T.ToTensor(), T.Normalize(self.mean, self.std)])
 
+    def describe(self) -> str:
+        h, w = self.size
+        geometry = (f"squash to {h}×{w}" if self.resize == "squash"
+                    else f"resize short side to {self.resize_size or int(round(h * 256 / 224))}, centre-crop {h}×{w}")
+        return f"{geometry} ({self.interpolation}), mean {self.mean}, std {self.std}"
+
 
 @dataclass(frozen=True)
 class BackboneMeta:
@@ -72,10 +83,17 @@ class BackboneMeta:
     num_params: int = 0
     default_layers: tuple[int, ...] = ()
     weights: str = "random"  # "random", or the sha256 of the loaded checkpoint file
+    # Protocols whose reference code preprocesses differently from ``preprocess`` (e.g. Pixio's k-NN:
+    # Resize 256 + CenterCrop 256 where its other evaluations squash): protocol name → Preprocess.
+    protocol_preprocess: Mapping[str, Preprocess] = field(default_factory=dict)
 
     @property
     def image_size(self) -> tuple[int, int]:
         return self.preprocess.size
+
+    def preprocess_for(self, protocol: str) -> Preprocess:
+        """The family's preprocessing for ``protocol``: a transform is a property of (family, protocol)."""
+        return self.protocol_preprocess.get(protocol, self.preprocess)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,88 +143,39 @@ def count_parameters(factory: Callable[[], nn.Module]) -> int:
 
 
 # ---------------------------------------------------------------------------------------
-# Task
+# Data
 # ---------------------------------------------------------------------------------------
-DataSource = Literal["real", "mini"]
+DataKind = Literal["real", "mini"]
 
 
 @dataclass(frozen=True)
-class TaskSpec:
-    """Everything that defines a task's numbers; any change that moves a score bumps ``version``.
+class DataSource:
+    """What a run reads, asked once by the runner: a folder, a mini world, or a simulator.
 
-    ``params`` holds the protocol parameters with their defaults; ``choices`` restricts the
-    variant parameters (e.g. ``head``), and ``variant_keys`` are the parameters that make a
-    separate leaderboard column (``nyuv2/dpt`` vs ``nyuv2/linear``).
+    ``kind`` separates leaderboards (real numbers never mix with mini-world ones); ``identity`` is
+    a sha256 of what the data *is* (file contents for folders and mini worlds; package versions,
+    seeds and the demonstration manifest for a simulator), so that two runs share a cell only if
+    they read the same data. ``details`` is extra provenance for the record.
     """
 
-    name: str
-    version: int
-    family: str
-    primary_metric: str
-    higher_is_better: bool
-    tolerance: float
-    selection_split: str
-    report_split: str
+    kind: DataKind
     dataset: str
-    mini_dataset: str | None = None
-    params: Mapping[str, Any] = field(default_factory=dict)
-    mini_params: Mapping[str, Any] = field(default_factory=dict)  # overrides for the (tiny) mini world
-    presets: Mapping[str, Mapping[Any, Mapping[str, Any]]] = field(default_factory=dict)  # protocol → its params
-    quickstart: tuple[Mapping[str, Any], ...] = ()  # variants the quickstart runs (default: every combination)
-    leaderboard_metrics: tuple[str, ...] = ()  # shown in the pivot beside the primary metric
-    choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
-    variant_keys: tuple[str, ...] = ()
-    description: str = ""
+    root: Path | None
+    identity: str
+    world: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
 
-    def with_params(self, **overrides: Any) -> "TaskSpec":
-        unknown = sorted(set(overrides) - set(self.params))
-        if unknown:
-            raise ValueError(
-                f"task {self.name!r} has no parameter(s) {unknown}; known: {sorted(self.params)}"
-            )
-        params = dict(self.params)
-        for key, value in overrides.items():
-            default = self.params[key]
-            if default is not None and not isinstance(value, type(default)) and isinstance(value, str):
-                value = _coerce(value, type(default), key)
-            allowed = self.choices.get(key)
-            if allowed is not None and value not in allowed:
-                raise ValueError(f"task {self.name!r}: {key}={value!r} is not one of {list(allowed)}")
-            params[key] = value
-        return dataclasses.replace(self, params=params)
-
-    def resolve(self, overrides: Mapping[str, Any] | None = None, mini: bool = False) -> "TaskSpec":
-        """Parameters in order: defaults < the chosen preset(s) < mini-world overrides < ``overrides``."""
-        overrides = dict(overrides or {})
-        spec = self.with_params(**{k: v for k, v in overrides.items() if k in self.presets})
-        for key, table in self.presets.items():
-            spec = spec.with_params(**table.get(spec.params[key], {}))
-        if mini:
-            spec = spec.with_params(**self.mini_params)
-        return spec.with_params(**overrides)
-
-    @property
-    def label(self) -> str:
-        """Leaderboard column name: the task plus its variant parameters."""
-        parts = [str(self.params[k]) for k in self.variant_keys if k in self.params]
-        return "/".join([self.name, *parts])
+    def record(self) -> dict[str, Any]:
+        out = {"source": self.kind, "dataset": self.dataset, "root": str(self.root) if self.root else None,
+               "identity": self.identity, **dict(self.details)}
+        if self.world:
+            out["world"] = self.world
+        return out
 
 
-def _coerce(value: str, kind: type, key: str) -> Any:
-    if kind is bool:
-        if value.lower() in {"1", "true", "yes"}:
-            return True
-        if value.lower() in {"0", "false", "no"}:
-            return False
-        raise ValueError(f"{key}={value!r} is not a boolean")
-    if kind in (tuple, list):
-        return kind(float(v) if "." in v or "e" in v else int(v) for v in value.split(","))
-    try:
-        return kind(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{key}={value!r} is not a valid {kind.__name__}") from exc
-
-
+# ---------------------------------------------------------------------------------------
+# Task and protocols
+# ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Metric:
     name: str
@@ -229,17 +198,23 @@ class TaskOutput:
 
 @dataclass
 class RunContext:
-    """What a task needs besides the backbone: where the data is, where to compute, the seed."""
+    """What a protocol needs besides the backbone: the data, where to compute, the seed. Everything
+    here except ``data`` and ``seed`` is operational: recorded, never part of a cell's identity."""
 
-    data_root: Path
-    data_source: DataSource
+    data: DataSource
     seed: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     amp_dtype: torch.dtype | None = None
-    batch_size: int = 64
+    batch_size: int = 64  # feature extraction and inference
     num_workers: int = 0
-    work_dir: Path | None = None  # scratch space of training tasks (checkpoints to resume a killed run)
-    progress: Any = None  # evalsuite.console.Progress-like; None = silent
+    work_dir: Path | None = None  # scratch space of training protocols (checkpoints to resume a killed run)
+    progress: Any = None  # rich Progress-like; None = silent
+
+    @property
+    def data_root(self) -> Path:
+        if self.data.root is None:
+            raise ValueError(f"{self.data.dataset} has no data folder (a simulator)")
+        return self.data.root
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -247,9 +222,196 @@ class RunContext:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
-class Task(Protocol):
-    """A registered task: a spec plus ``run``. Registered factories return instances."""
+Runner = Callable[["Backbone", "TaskConfig", RunContext], TaskOutput]
 
-    spec: TaskSpec
 
-    def run(self, backbone: Backbone, spec: TaskSpec, ctx: RunContext) -> TaskOutput: ...
+@dataclass(frozen=True)
+class Protocol:
+    """One registered way of scoring a backbone on a task.
+
+    ``params`` is a `Params` dataclass (every default visible); ``mini`` overrides it on the mini
+    world. ``components`` name parameters whose value picks a registered component with parameters
+    of its own (``head`` → the `HEADS` registry); ``component_defaults`` are this protocol's defaults
+    per component choice (``{"head": {"dpt": {"lr": 1e-4}}}``). ``variant_keys`` make separate
+    leaderboard columns (``nyuv2/pixio/dpt`` vs ``nyuv2/pixio/linear``).
+    """
+
+    name: str
+    params: type[Params]
+    run: Runner
+    primary_metric: str
+    higher_is_better: bool
+    selection_split: str
+    report_split: str
+    description: str = ""
+    mini: Mapping[str, Any] = field(default_factory=dict)
+    components: Mapping[str, "Registry"] = field(default_factory=dict)
+    component_defaults: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
+    variant_keys: tuple[str, ...] = ()
+    leaderboard_metrics: tuple[str, ...] = ()
+
+
+class Task:
+    """A task = its data plus a table of protocols; register protocols with `Task.protocol`.
+
+    Bump ``version`` on any change that can move a score of any of its protocols. The default data
+    source is a folder (real) or a generated mini world; a task whose data is a simulator overrides
+    `data_source`.
+    """
+
+    def __init__(self, name: str, *, version: int, family: str, dataset: str, tolerance: float,
+                 mini_dataset: str | None = None, description: str = "",
+                 quickstart: tuple[Mapping[str, Any], ...] = ()):
+        self.name, self.version, self.family, self.dataset = name, version, family, dataset
+        self.tolerance, self.mini_dataset, self.description = tolerance, mini_dataset, description
+        self.quickstart = quickstart  # the variants `evalsuite quickstart` runs (protocol + params)
+        self.protocols: dict[str, Protocol] = {}
+
+    def protocol(self, name: str, params: type[Params], **spec: Any) -> Callable[[Runner], Runner]:
+        """Decorator: register ``fn(backbone, config, ctx) -> TaskOutput`` as protocol ``name``."""
+
+        def decorator(fn: Runner) -> Runner:
+            if name in self.protocols:
+                raise ValueError(f"task {self.name!r} already has a protocol {name!r}")
+            self.protocols[name] = Protocol(name=name, params=params, run=fn, **spec)
+            return fn
+
+        return decorator
+
+    @property
+    def default_protocol(self) -> str:
+        return next(iter(self.protocols))
+
+    def get_protocol(self, name: str | None) -> Protocol:
+        name = name or self.default_protocol
+        if name not in self.protocols:
+            known = list(self.protocols)
+            raise ParamError(f"task {self.name!r} has no protocol {name!r}.{suggest(name, known)} "
+                             f"Protocols: {', '.join(known)}")
+        return self.protocols[name]
+
+    def resolve(self, overrides: Mapping[str, Any] | None = None, *, protocol: str | None = None,
+                mini: bool = False) -> "TaskConfig":
+        """The fully resolved configuration of one protocol: field defaults < this protocol's defaults
+        for the chosen component < mini-world overrides < ``overrides`` (CLI strings are coerced).
+        ``overrides`` may also carry ``protocol``."""
+        overrides = dict(overrides or {})
+        proto = self.get_protocol(overrides.pop("protocol", None) or protocol)
+        mini_values = dict(proto.mini) if mini else {}
+        own = set(proto.params.field_names())
+        chosen: dict[str, Any] = {}
+        component_params: dict[str, type[Params]] = {}
+        for key, registry in proto.components.items():
+            value = overrides.get(key, mini_values.get(key, _field_default(proto.params, key)))
+            chosen[key] = value
+            component_params[key] = registry.get(value).params
+        inapplicable = _inapplicable_keys(proto, overrides, own, component_params)
+        if inapplicable:
+            raise ParamError(inapplicable)
+        defaults: dict[str, Any] = {}
+        for key, value in chosen.items():
+            defaults.update(proto.component_defaults.get(key, {}).get(value, {}))
+        layered = {**defaults, **mini_values, **overrides}
+        params = proto.params.build({k: v for k, v in layered.items() if k in own}, owner=f"{self.name}/{proto.name}")
+        components = {}
+        for key, cls in component_params.items():
+            names = set(cls.field_names())
+            components[key] = cls.build({k: v for k, v in layered.items() if k in names and k not in own},
+                                        owner=f"{key} {chosen[key]!r}")
+        return TaskConfig(task=self, protocol=proto, params=params, components=components, mini=mini)
+
+    def data_source(self, data: str, data_root: str | Path | None, mini_size: str, mini_seed: int) -> DataSource:
+        from .data import folder_source, mini_source
+
+        if data == "mini":
+            if self.mini_dataset is None:
+                raise ValueError(f"task {self.name!r} has no mini dataset")
+            return mini_source(self.mini_dataset, mini_size, mini_seed)  # type: ignore[arg-type]
+        return folder_source(self.dataset, data_root)
+
+    def __repr__(self) -> str:
+        return f"Task({self.name!r}, protocols={list(self.protocols)})"
+
+
+def _field_default(cls: type[Params], key: str) -> Any:
+    return next(f.default for f in dataclasses.fields(cls) if f.name == key)
+
+
+def _inapplicable_keys(proto: Protocol, overrides: Mapping[str, Any], own: set[str],
+                       component_params: Mapping[str, type[Params]]) -> str | None:
+    """An error message for the first override that neither the protocol nor its chosen components take."""
+    taken = own.union(*(set(c.field_names()) for c in component_params.values()))
+    for key in overrides:
+        if key in taken:
+            continue
+        for comp, registry in proto.components.items():
+            owners = [n for n in registry.names() if key in registry.get(n).params.field_names()]
+            if owners:
+                return f"{key} applies to {comp} {'|'.join(owners)} only, not {comp} {overrides.get(comp, 'default')!r}"
+        return (f"protocol {proto.name!r} has no parameter {key!r}.{suggest(key, sorted(taken))} "
+                f"Known: {', '.join(sorted(taken))}")
+    return None
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """One protocol of one task with every parameter resolved: what a cell runs and records."""
+
+    task: Task
+    protocol: Protocol
+    params: Params
+    components: Mapping[str, Params]
+    mini: bool = False
+
+    # what the runner, records and leaderboards read
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+    @property
+    def version(self) -> int:
+        return self.task.version
+
+    @property
+    def primary_metric(self) -> str:
+        return self.protocol.primary_metric
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.protocol.higher_is_better
+
+    @property
+    def p(self):
+        return self.params
+
+    def values(self) -> dict[str, Any]:
+        """Every parameter that ran, the components' included (their names never collide)."""
+        out = self.params.to_dict()
+        for params in self.components.values():
+            out.update(params.to_dict())
+        return out
+
+    def identity(self) -> dict[str, Any]:
+        """What moves a score: the protocol and its non-operational parameters (components' included)."""
+        out = {"protocol": self.protocol.name, **self.params.identity()}
+        for params in self.components.values():
+            out.update(params.identity())
+        return out
+
+    def operational(self) -> list[str]:
+        return sorted({*self.params.operational(), *(k for c in self.components.values() for k in c.operational())})
+
+    @property
+    def label(self) -> str:
+        """Leaderboard column: task / protocol / variant values (``nyuv2/pixio/linear``)."""
+        values = self.values()
+        return "/".join([self.task.name, self.protocol.name, *(str(values[k]) for k in self.protocol.variant_keys)])
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "name": self.task.name, "label": self.label, "version": self.task.version, "family": self.task.family,
+            "protocol": self.protocol.name, "params": self.values(), "operational": self.operational(),
+            "primary_metric": self.protocol.primary_metric, "higher_is_better": self.protocol.higher_is_better,
+            "tolerance": self.task.tolerance, "selection_split": self.protocol.selection_split,
+            "report_split": self.protocol.report_split, "leaderboard_metrics": list(self.protocol.leaderboard_metrics),
+        }

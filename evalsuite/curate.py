@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 
 from .checkpoints import BackboneSpec, build_backbone
+from .fileio import atomic_write_text
 from .pretrain import IMAGE_SUFFIXES, PretrainConfig
-from .sampling import seeded
-from .records import atomic_write_text
 from .registry import BACKBONES
+from .sampling import seeded
 
 
 def colour_entropy(image: Image.Image, bins: int = 8) -> float:
@@ -41,6 +41,9 @@ def load_objective(checkpoint: str | Path):
     spec: BackboneSpec = BACKBONES.get(cfg.backbone)
     size = (cfg.image_size, cfg.image_size) if cfg.image_size else None
     objective = spec.pretrain(build_backbone(spec, "random"), image_size=size, **cfg.objective)
+    if not hasattr(objective, "reconstruction_error"):
+        raise ValueError(f"{checkpoint} was pretrained with the {spec.family} objective, which reconstructs no pixels: "
+                         "curation needs a masked-autoencoder checkpoint (MAE or Pixio)")
     objective.load_state_dict(state["model"])
     return objective.eval()
 
@@ -61,9 +64,7 @@ def curate(checkpoint: str | Path, data: str | Path, min_side: int = 320, min_en
         passed += [min(im.size) >= min_side and colour_entropy(im) > min_entropy for im in images]
         batch = torch.stack([transform(im) for im in images])
         noise = torch.rand(objective.noise_shape(len(chunk), grid), generator=seeded(seed, start, 3))
-        out = objective(batch, noise)
-        per_image = (((out["pred"] - _target(objective, batch)) ** 2).mean(-1) * out["mask"]).sum(1) / out["mask"].sum(1)
-        losses += per_image.tolist()
+        losses += objective.reconstruction_error(batch, noise).tolist()
     loss, ok = np.array(losses), np.array(passed, dtype=bool)
     normalised = np.zeros_like(loss)
     if ok.any():  # min-max over the images that pass the filters; the others score 0
@@ -72,13 +73,6 @@ def curate(checkpoint: str | Path, data: str | Path, min_side: int = 320, min_en
     scores = {str(f.relative_to(root)): float(s) for f, s in zip(files, normalised)}
     return {"scores": scores, "scorer": str(checkpoint), "min_side": min_side, "min_entropy": min_entropy,
             "kept_fraction_expected": float(np.mean(list(scores.values()))) if scores else 0.0}
-
-
-def _target(objective, images: torch.Tensor) -> torch.Tensor:
-    from backbones.mae import norm_pix_target, patchify
-
-    target = patchify(images, objective.encoder.meta.patch_size)
-    return norm_pix_target(target) if objective.norm_pix_loss else target
 
 
 def write_scores(result: dict, out: str | Path) -> None:

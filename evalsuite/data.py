@@ -1,8 +1,17 @@
-"""Where a task's data lives: real dataset roots and the generated mini world.
+"""Where a task's data lives, and what it is: real dataset folders and the generated mini world.
 
 Real roots resolve in this order: ``--data-root`` (the dataset folder itself), the config
 file (``[data_roots]`` table of ``./evalsuite.toml`` or ``~/.config/evalsuite/config.toml``,
 or the file named by ``EVALSUITE_CONFIG``), then ``$EVALSUITE_DATA_ROOT/<dataset>``.
+
+A data source's identity is a hash of the bytes a run reads, never of a name or a listing, so a
+modified copy of a dataset can never share a cell (or cached features) with the original:
+
+* a mini world is verified against its ``manifest.json`` on every run (a few MB; a corrupted file
+  is an error that says how to regenerate);
+* a real folder is identified by the sha256 of every file's content. Hashing ImageNet's 1.3 M files
+  (≈150 GB) costs minutes once; the per-file digests are kept in a SQLite cache keyed by (path, size,
+  mtime), so later runs only stat the files (about 1.3 M stats, seconds) and re-hash what changed.
 """
 
 from __future__ import annotations
@@ -10,8 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
+from contextlib import closing
 from functools import lru_cache
 from pathlib import Path
+
+from .contracts import DataSource
 
 try:
     import tomllib
@@ -24,6 +37,10 @@ class DataNotFoundError(FileNotFoundError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class DataCorruptedError(ValueError):
+    """Data whose bytes no longer match their manifest."""
 
 
 def config_paths() -> list[Path]:
@@ -63,7 +80,7 @@ MANIFEST = "manifest.json"
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file, remembered per (path, size, mtime): checkpoints can be tens of GB."""
+    """sha256 of a file, remembered per (path, size, mtime) in this process: checkpoints can be tens of GB."""
     path = Path(path).resolve()
     stat = path.stat()
     return _sha256(path, stat.st_size, stat.st_mtime_ns)
@@ -71,6 +88,10 @@ def file_sha256(path: Path) -> str:
 
 @lru_cache(maxsize=256)
 def _sha256(path: Path, size: int, mtime_ns: int) -> str:
+    return _hash_file(path)
+
+
+def _hash_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(1 << 20):
@@ -83,17 +104,101 @@ def files_digest(files: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
-def manifest_sha256(root: Path) -> str:
-    """Identity of a data folder for result records.
+# ---------------------------------------------------------------------------------------
+# Mini worlds: verified against their manifest
+# ---------------------------------------------------------------------------------------
+def read_manifest(root: Path) -> dict | None:
+    path = Path(root) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
 
-    A folder with our ``manifest.json`` (the mini world) is identified by its file hashes.
-    A real dataset is identified by its listing (relative paths and sizes): hashing every byte
-    of ImageNet per run would cost minutes and catches nothing the listing misses in practice.
-    """
-    manifest = Path(root) / MANIFEST
-    if manifest.is_file():
-        return json.loads(manifest.read_text())["sha256"]
+
+def verify_manifest(root: Path, manifest: dict) -> None:
+    """Every listed file exists with its recorded sha256, and no file is unlisted; else one line
+    naming the first bad file and how to regenerate."""
+    root = Path(root)
+    listed = manifest["files"]
+    present = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != MANIFEST}
+    problems = sorted(set(listed) - present)
+    problems = [f"{p} is missing" for p in problems]
+    problems += [f"{p} is not in the manifest" for p in sorted(present - set(listed))]
+    if not problems:
+        problems = [f"{p} does not match its sha256" for p in sorted(listed) if _hash_file(root / p) != listed[p]]
+    if problems:
+        hint = (f"regenerate it with `evalsuite data make-mini {manifest['name']} --size {manifest['size']} "
+                f"--seed {manifest['seed']} --force`" if manifest.get("mini") else "restore the original files")
+        raise DataCorruptedError(f"{root} is corrupted: {problems[0]}"
+                                 f"{f' (+{len(problems) - 1} more)' if len(problems) > 1 else ''}; {hint}")
+
+
+def mini_source(name: str, size: str = "small", seed: int = 0) -> DataSource:
+    from .mini import ensure_mini
+
+    root = ensure_mini(name, size, seed=seed)  # type: ignore[arg-type]
+    return _manifest_source(root, read_manifest(root))
+
+
+def _manifest_source(root: Path, manifest: dict) -> DataSource:
+    from .mini import world_name
+
+    verify_manifest(root, manifest)
+    details = {"generator_version": manifest.get("version"), **({"renderer": manifest["renderer"]} if "renderer" in manifest else {})}
+    return DataSource(kind="mini", dataset=manifest["name"], root=Path(root), identity=manifest["sha256"],
+                      world=world_name(manifest["size"], manifest["seed"]), details=details)
+
+
+# ---------------------------------------------------------------------------------------
+# Real folders: identified by the content of every file, hashed once and cached
+# ---------------------------------------------------------------------------------------
+def folder_source(dataset: str, data_root: str | Path | None = None) -> DataSource:
+    """A real dataset folder. A folder whose manifest says it is generated is mini data, whatever
+    the command line said: mini numbers never reach a real leaderboard."""
+    root = resolve_data_root(dataset, data_root)
+    manifest = read_manifest(root)
+    if manifest is not None and manifest.get("mini"):
+        return _manifest_source(root, manifest)
+    return DataSource(kind="real", dataset=dataset, root=root, identity=folder_identity(root))
+
+
+def identity_cache_path() -> Path:
+    return Path(os.environ.get("EVALSUITE_IDENTITY_CACHE", Path.home() / ".cache" / "evalsuite" / "data-identity.sqlite"))
+
+
+def folder_identity(root: Path) -> str:
+    """sha256 over (relative path, content sha256) of every file under ``root`` (hidden files and
+    folders are skipped). Per-file digests are cached by (absolute path, size, mtime_ns)."""
+    root = Path(root).resolve()
+    files = sorted(_walk(root))
+    cache = identity_cache_path()
+    cache.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
-        digest.update(f"{path.relative_to(root)}\t{path.stat().st_size}\n".encode())
+    with closing(sqlite3.connect(cache, timeout=60)) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT)")
+        fresh = []
+        for rel, path, size, mtime in files:
+            row = db.execute("SELECT size, mtime_ns, sha256 FROM files WHERE path = ?", (path,)).fetchone()
+            if row is not None and row[0] == size and row[1] == mtime:
+                sha = row[2]
+            else:
+                sha = _hash_file(Path(path))
+                fresh.append((path, size, mtime, sha))
+            digest.update(f"{rel}\t{sha}\n".encode())
+        if fresh:
+            with db:
+                db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", fresh)
     return digest.hexdigest()
+
+
+def _walk(root: Path):
+    """(relative path, absolute path, size, mtime_ns) of every regular file, hidden entries skipped."""
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=True):
+                    stack.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=True):
+                    stat = entry.stat(follow_symlinks=True)
+                    yield os.path.relpath(entry.path, root), entry.path, stat.st_size, stat.st_mtime_ns

@@ -11,7 +11,6 @@ in scheduler and runtime state).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from . import distributed
 from .sampling import GlobalBatchSampler
 
 
@@ -51,25 +51,6 @@ def plain_checkpoint_hook():
     return PlainCheckpointHook()
 
 
-def _distributed(model):
-    """Initialise the process group (NCCL on GPUs, gloo on CPUs) and wrap the model in mmengine's DDP.
-
-    Done here rather than by the Runner because mmengine 0.10 calls ``torch.cuda.set_device`` and
-    passes ``device_ids`` unconditionally, which fails on CPU-only machines (CI runs gloo)."""
-    import torch.distributed as dist
-    from mmengine.model import MMDistributedDataParallel
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available()
-    if not dist.is_initialized():
-        if cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if cuda else "gloo")
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    return MMDistributedDataParallel(module=model.to(device), device_ids=[local_rank] if cuda else None,
-                                     broadcast_buffers=False)
-
-
 def train(model, dataset: Dataset, *, collate: Callable, batch_size: int, iters: int, lr: float, weight_decay: float,
           warmup_iters: int, work_dir: Path, seed: int, resume: bool = False, checkpoint_interval: int = 0,
           amp_dtype: torch.dtype | None = None, poly_power: float = 0.9, schedule: str = "poly", min_lr_ratio: float = 0.0,
@@ -87,13 +68,12 @@ def train(model, dataset: Dataset, *, collate: Callable, batch_size: int, iters:
     from mmengine.runner import Runner
 
     allow_mmengine_checkpoints()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    world, rank = distributed.world_size(), distributed.rank()
     sampler = GlobalBatchSampler(len(dataset), batch_size, iters, 0, seed, rank, world)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
     warmup_iters = max(1, min(warmup_iters, iters - 1))
     if world > 1:
-        model = _distributed(model)
+        model = distributed.wrap_ddp(model, mmengine=True)
     if param_groups is None:
         param_groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
     groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import random
 import subprocess
@@ -46,6 +45,25 @@ def seed_everything(seed: int) -> None:
 
 def default_device() -> torch.device:
     """cuda (this process's GPU under torchrun: ``LOCAL_RANK``) if available, else cpu."""
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    from .distributed import device
+
+    return device()
+
+
+def parse_device(name: str | torch.device) -> torch.device:
+    """``--device`` checked before any work: a malformed name or an unavailable CUDA device is one line."""
+    if isinstance(name, torch.device):
+        device = name
+    else:
+        try:
+            device = torch.device(name)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"--device {name!r} is not a device: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: only cpu and cuda devices are supported")
+    return device

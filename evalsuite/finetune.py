@@ -20,7 +20,7 @@ from torch import nn
 from .environment import seed_everything
 from .sampling import seeded
 
-PROTOCOLS = ("partial-ft", "ln-ft", "finetune")
+TRAINABLE = ("all", "last_blocks", "layernorm")
 NO_DECAY_TOKENS = ("cls_token", "register_tokens", "reg_token", "pos_embed", "mask_token", "storage_tokens",
                    "decoder_pos_embed")
 _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
@@ -50,7 +50,9 @@ def no_weight_decay(name: str, param: torch.Tensor) -> bool:
 def param_groups(model: nn.Module, *, lr: float, weight_decay: float, layer_decay: float = 1.0,
                  depth: int | None = None, backbone_prefix: str = "backbone.") -> list[dict]:
     """AdamW groups of the trainable parameters: one per (layer id, decay or not), ``lr`` already
-    scaled. Parameters outside ``backbone_prefix`` (the task's head) count as the last layer."""
+    scaled (``lr_scale`` keeps the factor for schedules that set the lr themselves). Parameters
+    outside ``backbone_prefix`` (a task's head) count as the last layer. Without layer decay there are
+    two groups: with and without weight decay (the pretraining objectives' groups)."""
     if layer_decay != 1.0 and depth is None:
         raise ValueError("layer-wise lr decay needs the backbone depth")
     depth = depth or 0
@@ -58,9 +60,12 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float, layer_deca
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        lid = layer_id(name[len(backbone_prefix):], depth) if name.startswith(backbone_prefix) else depth + 1
+        if layer_decay == 1.0:
+            lid = 0
+        else:
+            lid = layer_id(name[len(backbone_prefix):], depth) if name.startswith(backbone_prefix) else depth + 1
         skip_decay = no_weight_decay(name, p)
-        scale = layer_decay ** (depth + 1 - lid)
+        scale = layer_decay ** (depth + 1 - lid) if layer_decay != 1.0 else 1.0
         group = groups.setdefault((lid, skip_decay), {"params": [], "names": [], "lr": lr * scale, "lr_scale": scale,
                                                       "weight_decay": 0.0 if skip_decay else weight_decay})
         group["params"].append(p)
@@ -72,21 +77,21 @@ def final_norm(backbone: nn.Module) -> nn.Module | None:
     return getattr(backbone, "norm", None) or getattr(getattr(backbone, "model", None), "norm", None)
 
 
-def select_trainable(backbone: nn.Module, protocol: str, blocks: int = 0) -> None:
-    """``finetune``: everything; ``partial-ft``: the last ``blocks`` blocks (MAE §4.3); ``ln-ft``: the
+def select_trainable(backbone: nn.Module, trainable: str, blocks: int = 0) -> None:
+    """``all``: everything; ``last_blocks``: the last ``blocks`` blocks (MAE §4.3); ``layernorm``: the
     LayerNorm affine parameters only. The readout (``fc_norm`` + head) always trains; it replaces the
     encoder's final norm, as in MAE's global-pool fine-tuning, so that norm is frozen (it gets no
     gradient, and DDP refuses trainable parameters without one)."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown fine-tuning protocol {protocol!r}; expected one of {PROTOCOLS}")
-    backbone.requires_grad_(protocol == "finetune")
-    if protocol == "partial-ft":
+    if trainable not in TRAINABLE:
+        raise ValueError(f"unknown trainable set {trainable!r}; expected one of {TRAINABLE}")
+    backbone.requires_grad_(trainable == "all")
+    if trainable == "last_blocks":
         all_blocks = transformer_blocks(backbone)
         if not 0 <= blocks <= len(all_blocks):
             raise ValueError(f"--blocks must be in [0, {len(all_blocks)}], got {blocks}")
         for block in list(all_blocks)[len(all_blocks) - blocks:]:
             block.requires_grad_(True)
-    elif protocol == "ln-ft":
+    elif trainable == "layernorm":
         transformer_blocks(backbone)
         norms = [m for m in backbone.modules() if isinstance(m, nn.LayerNorm) and m.elementwise_affine]
         if not norms:

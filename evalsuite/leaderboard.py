@@ -200,7 +200,7 @@ def load_samples(source: str | Path, frame: pd.DataFrame | None = None) -> dict[
     source = Path(source)
     if not source.is_dir():
         return {}
-    runs = {rec.run_id: (rec.data["manifest_sha256"], rec.per_sample)
+    runs = {rec.run_id: (rec.data["identity"], rec.per_sample)
             for _, rec in iter_records(source) if rec.status == "ok" and rec.per_sample}
     out = {}
     for key, group in latest(load_tidy(source) if frame is None else frame).groupby(CELL):

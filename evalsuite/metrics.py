@@ -129,7 +129,7 @@ class SegmentationMeter:
         if pred.numel() and (pred.max() >= self.num_classes or pred.min() < 0):
             raise ValueError(f"predicted labels outside 0..{self.num_classes - 1}")
         hit = pred[pred == target]
-        bins = lambda x: torch.bincount(x, minlength=self.num_classes)[: self.num_classes].double().cpu()  # noqa: E731
+        bins = lambda x: torch.bincount(x, minlength=self.num_classes)[: self.num_classes].double().cpu()
         inter, area_p, area_t = bins(hit), bins(pred), bins(target)
         self.intersection += inter
         self.pred_area += area_p

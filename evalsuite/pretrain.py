@@ -17,24 +17,23 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from . import __version__
+from . import __version__, distributed
 from .checkpoints import BackboneSpec, create_backbone
 from .data import DataNotFoundError
-from .finetune import no_weight_decay, set_drop_path
-from .records import atomic_write_text
-from .sampling import GlobalBatchSampler, seeded
+from .fileio import atomic_save, atomic_write_text
+from .finetune import param_groups, set_drop_path
+from .params import keyword_overrides
 from .registry import BACKBONES
+from .sampling import GlobalBatchSampler, seeded
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
@@ -126,27 +125,11 @@ class PretrainImages(Dataset):
         return (views, self.captions[index]) if self.captions is not None else views
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if no_weight_decay(name, p) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _dist() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
 def load_curation_scores(path: str | Path, files: list[Path], root: Path) -> np.ndarray:
@@ -159,17 +142,16 @@ def load_curation_scores(path: str | Path, files: list[Path], root: Path) -> np.
 
 def pretrain(cfg: PretrainConfig, progress: Any = None) -> Path:
     """Run (or resume) pretraining; returns the checkpoint path, loadable with ``--weights``."""
+    objective_options = check_objective(cfg.backbone, cfg.objective)
     spec = BACKBONES.get(cfg.backbone)
-    if not isinstance(spec, BackboneSpec) or spec.pretrain is None:
-        raise ValueError(f"{cfg.backbone} has no pretraining objective")
-    rank, world = _dist()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    rank, world = distributed.init()
+    device = distributed.device()
     torch.manual_seed(cfg.seed)
     encoder = create_backbone(cfg.backbone, cfg.weights or "random")
     if cfg.drop_path:
         set_drop_path(encoder, cfg.drop_path)
     size = (cfg.image_size, cfg.image_size) if cfg.image_size else encoder.meta.image_size
-    objective = spec.pretrain(encoder, image_size=size, **cfg.objective)
+    objective = spec.pretrain(encoder, image_size=size, **objective_options)
     meta = encoder.meta
     if cfg.data == "mini":
         from .mini import ensure_mini
@@ -188,7 +170,8 @@ def pretrain(cfg: PretrainConfig, progress: Any = None) -> Path:
     total = cfg.steps if cfg.steps is not None else (cfg.epochs or 1) * probe.steps_per_epoch(0)
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pth"
-    optimizer = torch.optim.AdamW(_param_groups(objective, cfg.weight_decay), lr=0.0, betas=(0.9, 0.95))
+    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(objective, lr=0.0, weight_decay=cfg.weight_decay)]
+    optimizer = torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.95))
     start = 0
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -222,9 +205,7 @@ def pretrain(cfg: PretrainConfig, progress: Any = None) -> Path:
         if after_step is not None:
             after_step(step, total)
         logged = loss.detach().float()
-        if world > 1:  # the global-batch mean, comparable to a 1-process run
-            dist.all_reduce(logged)
-            logged /= world
+        logged = distributed.mean_over_processes(logged)  # the global-batch mean, comparable to a 1-process run
         parts = {k: float(v) for k, v in outputs.items() if k != "loss" and v.numel() == 1}
         log.append({"step": step, "loss": logged.item(), "lr": lr, **parts})
         if task is not None:
@@ -233,9 +214,17 @@ def pretrain(cfg: PretrainConfig, progress: Any = None) -> Path:
         if cfg.save_every and done % cfg.save_every == 0 and done < total:
             _save(ckpt_path, objective, optimizer, done, cfg, rank, log)
     _save(ckpt_path, objective, optimizer, total, cfg, rank, log)
-    if world > 1:
-        dist.barrier()
+    distributed.barrier()
     return ckpt_path
+
+
+def check_objective(backbone: str, overrides: dict) -> dict:
+    """The ``--objective`` options checked against the family objective's keywords (typed, did-you-mean)."""
+    spec = BACKBONES.get(backbone)
+    if not isinstance(spec, BackboneSpec) or spec.pretrain is None:
+        raise ValueError(f"{backbone} has no pretraining objective")
+    objective = getattr(spec.pretrain, "func", spec.pretrain)  # the family's objective class (maybe in a partial)
+    return keyword_overrides(objective, overrides, f"the {spec.family} objective")
 
 
 def _to(views, device: torch.device):
@@ -253,9 +242,7 @@ def _save(path: Path, objective, optimizer, step: int, cfg: PretrainConfig, rank
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"model": objective.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
              "rng": torch.get_rng_state(), "config": json.dumps(asdict(cfg)), "evalsuite_version": __version__}
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_save(path, lambda tmp: torch.save(state, tmp))
     with open(path.parent / "log.jsonl", "a") as fh:
         fh.writelines(json.dumps(entry) + "\n" for entry in log)
     log.clear()

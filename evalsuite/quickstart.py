@@ -10,7 +10,6 @@ minutes on 2 cores.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -46,12 +45,8 @@ def pretrained_checkpoint(cfg: PretrainConfig, progress=None) -> Path:
 
 
 def variants(task: str) -> list[dict]:
-    """The task's ``quickstart`` variants, or every combination of its variant parameters."""
-    spec = TASKS.get(task).spec
-    if spec.quickstart:
-        return [dict(v) for v in spec.quickstart]
-    options = [spec.choices.get(k, (spec.params[k],)) for k in spec.variant_keys]
-    return [dict(zip(spec.variant_keys, combo)) for combo in itertools.product(*options)]
+    """The task's ``quickstart`` variants (protocol + parameters), or its default protocol."""
+    return [dict(v) for v in TASKS.get(task).quickstart] or [{}]
 
 
 def run(out: Path, force: bool = False, progress=None, run_one: Callable[..., CellResult] | None = None,
@@ -65,7 +60,7 @@ def run(out: Path, force: bool = False, progress=None, run_one: Callable[..., Ce
     weights += [(name, str(pretrained_checkpoint(replace(cfg, mini_seed=mini_seed), progress)), PRETRAINED_LABEL)
                 for name, cfg in PRETRAIN.items()]
     for task in TASKS.names():
-        if not TASKS.get(task).spec.mini_dataset:
+        if not TASKS.get(task).mini_dataset:
             continue
         for params in variants(task):
             for backbone, w, label in weights:

@@ -10,17 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from .contracts import Metric
+from .fileio import atomic_write_text
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: data.identity (was manifest_sha256), task.protocol/operational, settings
 Status = Literal["ok", "failed"]
 
 
@@ -35,7 +33,7 @@ class RunRecord:
     git_sha: str | None
     git_dirty: bool | None
     task: dict[str, Any]  # name, label, version, family, params, primary_metric, tolerance, splits
-    data: dict[str, Any]  # source ("real" | "mini"), dataset, root, manifest_sha256; mini: world ("seed0-small")
+    data: dict[str, Any]  # source ("real" | "mini"), dataset, root, identity; mini: world ("seed0-small")
     backbone: dict[str, Any]  # name, family, weights (sha256 or "random"), num_params
     seed: int
     metrics: list[dict[str, Any]] = field(default_factory=list)
@@ -43,6 +41,7 @@ class RunRecord:
     per_sample: dict[str, list[float]] = field(default_factory=dict)  # metric → report-split scores (mean = value)
     timings: dict[str, float] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)  # operational: batch size, workers, device, amp
     error: str | None = None
     schema_version: int = SCHEMA_VERSION
 
@@ -74,21 +73,50 @@ class RunRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunRecord":
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version == 1:
+            data = _from_v1(data)
+        elif version != SCHEMA_VERSION:
             raise ValueError(f"record schema_version {version!r} is not supported (expected {SCHEMA_VERSION})")
+        missing = sorted(f for f in _REQUIRED if f not in data)
+        if missing:
+            raise ValueError(f"not an evalsuite record: missing fields {missing}")
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"not an evalsuite record: unknown fields {unknown}")
         return cls(**data)
 
     @classmethod
     def load(cls, path: Path) -> "RunRecord":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: not an evalsuite record (a JSON {type(data).__name__})")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
 
 
-def cell_key(*, task: str, task_version: int, params: dict[str, Any], data_source: str,
-             manifest_sha256: str | None, backbone: str, weights: str, seed: int) -> str:
-    """Identity of one leaderboard cell run: equal keys mean the same computation."""
+_REQUIRED = [f for f, spec in RunRecord.__dataclass_fields__.items() if spec.default is spec.default_factory is MISSING]
+
+
+def _from_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 record read as schema 2: the data folder's hash becomes its identity."""
+    data = dict(data, schema_version=SCHEMA_VERSION)
+    if isinstance(data.get("data"), dict) and "manifest_sha256" in data["data"]:
+        data["data"] = {k if k != "manifest_sha256" else "identity": v for k, v in data["data"].items()}
+    return data
+
+
+def cell_key(*, task: str, task_version: int, identity: dict[str, Any], data_identity: str, backbone: str,
+             weights: str, seed: int) -> str:
+    """Identity of one leaderboard cell run: equal keys mean the same computation. ``identity`` is the
+    protocol and its score-affecting parameters (`TaskConfig.identity`); operational settings never enter."""
     payload = json.dumps(
-        dict(task=task, task_version=task_version, params=params, data_source=data_source,
-             manifest=manifest_sha256, backbone=backbone, weights=weights, seed=seed),
+        dict(task=task, task_version=task_version, identity=identity, data=data_identity, backbone=backbone,
+             weights=weights, seed=seed),
         sort_keys=True, default=str,
     )
     return hashlib.sha256(payload.encode()).hexdigest()
@@ -98,37 +126,9 @@ def record_path(out_dir: Path, backbone: str, task_label: str, key: str) -> Path
     return Path(out_dir) / backbone / task_label.replace("/", "__") / f"{key[:16]}.json"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextmanager
-def atomic_directory(target: Path):
-    """Yield a temporary sibling folder that replaces ``target`` once the block completes; if the
-    block fails (or the process is killed) nothing is left that a later run would mistake for it."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))
-    try:
-        yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def failed_path(path: Path) -> Path:
+    """Where a failed attempt of the cell at ``path`` is recorded: beside its last good record, never over it."""
+    return Path(path).with_suffix(".failed.json")
 
 
 def write_record(record: RunRecord, path: Path) -> Path:
@@ -136,9 +136,20 @@ def write_record(record: RunRecord, path: Path) -> Path:
     return path
 
 
-def iter_records(root: Path):
-    """All records under ``root`` (temp files of interrupted writes are never matched)."""
+def iter_records(root: Path, failed: bool = False):
+    """``(path, record)`` for every record under ``root``; temp files and work dirs are never matched.
+    A file that is not a readable record is skipped with a warning naming it, never silently; failed
+    attempts (``*.failed.json``) are included only with ``failed=True``."""
     for path in sorted(Path(root).rglob("*.json")):
         if any(part.startswith(".") for part in path.relative_to(root).parts):  # temp files, .work/
             continue
-        yield path, RunRecord.load(path)
+        if path.name.endswith(".failed.json") and not failed:
+            continue
+        try:
+            yield path, RunRecord.load(path)
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"skipped {exc if str(path) in str(exc) else f'{path}: {exc}'}", RecordWarning, stacklevel=2)
+
+
+class RecordWarning(UserWarning):
+    """A file in a results folder that is not a readable record."""

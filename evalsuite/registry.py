@@ -18,7 +18,7 @@ import difflib
 import importlib
 import pkgutil
 from importlib.metadata import entry_points
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -31,8 +31,10 @@ class UnknownNameError(KeyError):
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, discover: tuple[str, ...] = (), entry_point_group: str | None = None):
+    def __init__(self, kind: str, discover: tuple[str, ...] = (), entry_point_group: str | None = None,
+                 listing: str | None = None):
         self.kind = kind
+        self.listing = listing or f"{kind}s"  # `evalsuite list <listing>`
         self._discover = discover
         self._group = entry_point_group
         self._entries: dict[str, T] = {}
@@ -74,7 +76,7 @@ class Registry(Generic[T]):
         self._discovered = True
         for package_name in self._discover:
             package = importlib.import_module(package_name)
-            for info in pkgutil.iter_modules(package.__path__):
+            for info in pkgutil.iter_modules(getattr(package, "__path__", [])):
                 if not info.name.startswith("_"):
                     importlib.import_module(f"{package_name}.{info.name}")
         if self._group:
@@ -110,12 +112,12 @@ class Registry(Generic[T]):
         known = self.names()
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        return f"unknown {self.kind} {name!r}.{hint} Run `evalsuite list {self.kind}s` to see all."
+        return f"unknown {self.kind} {name!r}.{hint} Run `evalsuite list {self.listing}` to see all."
 
 
-Factory = Callable[..., Any]
-
-BACKBONES: Registry[Factory] = Registry("backbone", ("backbones",), "evalsuite.backbones")
-TASKS: Registry[Factory] = Registry("task", ("tasks",), "evalsuite.tasks")
-HEADS: Registry[Factory] = Registry("head", ("tasks",))
-MINI_DATASETS: Registry[Factory] = Registry("mini dataset", ("evalsuite.mini",))
+BACKBONES: Registry[Any] = Registry("backbone", ("backbones",), "evalsuite.backbones")  # BackboneSpec or factory
+TASKS: Registry[Any] = Registry("task", ("tasks",), "evalsuite.tasks")  # contracts.Task
+HEADS: Registry[Any] = Registry("head", ("tasks",))  # tasks.dense.HeadSpec
+TEXT_ENCODERS: Registry[Any] = Registry("text encoder", ("evalsuite.text",), "evalsuite.text_encoders",
+                                        listing="text-encoders")  # text.TextEncoderSpec
+MINI_DATASETS: Registry[Any] = Registry("mini dataset", ("evalsuite.mini",), listing="mini")

@@ -1,13 +1,18 @@
-"""Run one (backbone, task) cell and record it.
+"""Run one (backbone, task protocol) cell and record it.
 
-The runner owns everything that is the same for every task: resolving names, data and weights,
-the cell identity (skip-if-done), seeding, timing, failure capture and the atomic record write.
+The runner owns everything that is the same for every task: resolving names, parameters, data
+and weights (all validated before any work starts), the cell identity (skip-if-done), seeding,
+timing, failure capture and the atomic record write.
+
+A cell's identity is (task, version, protocol, the protocol's score-affecting parameters, data
+identity, backbone, weights, seed). Operational settings — checkpoint interval, extraction batch
+size, workers, device, progress — are recorded but never hashed, so changing one skips a finished
+cell and resumes a killed one from the same work dir.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import time
 import traceback
@@ -19,13 +24,12 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .checkpoints import BackboneSpec, create_backbone, resolve_weights
-from .contracts import RunContext, TaskSpec
-from .data import file_sha256, manifest_sha256, resolve_data_root
-from .environment import default_device, environment, git_state, seed_everything
-from .mini import Size, ensure_mini, world_name
-from .records import RunRecord, cell_key, record_path, write_record
+from .contracts import DataSource, RunContext, TaskConfig
+from .data import file_sha256
+from .environment import default_device, environment, git_state, parse_device, seed_everything
+from .records import RunRecord, cell_key, failed_path, record_path, write_record
 from .registry import BACKBONES, TASKS
 
 DEFAULT_OUT = Path("results/runs")
@@ -46,98 +50,107 @@ class CellResult:
     skipped: bool
 
 
+@dataclass(frozen=True)
+class Cell:
+    """A resolved cell before it runs: what `run_cell` (and `evalsuite sweep`) schedules."""
+
+    backbone: str
+    config: TaskConfig
+    source: DataSource
+    weights: str | None
+    weights_id: str
+    seed: int
+    key: str
+    path: Path
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def resolve_task(task_name: str, params: dict[str, Any] | None = None, data: str = "real"):
-    """The task and its spec with the mini-world defaults (if ``data='mini'``), then ``params``."""
-    task = TASKS.get(task_name)()
-    return task, task.spec.resolve(params, mini=data == "mini")
+def resolve_cell(backbone: str, task: str, *, weights: str | None = None, data: str = "real",
+                 data_root: str | Path | None = None, mini_size: str = "small", mini_seed: int = 0, seed: int = 0,
+                 params: dict[str, Any] | None = None, protocol: str | None = None,
+                 out_dir: Path = DEFAULT_OUT) -> Cell:
+    """Names, parameters and weights are checked first (cheap, one actionable line each); then the
+    data source is asked for its identity once."""
+    if data not in ("real", "mini"):
+        raise ValueError(f"data must be 'real' or 'mini', got {data!r}")
+    bb_spec = BACKBONES.get(backbone)
+    task_obj = TASKS.get(task)
+    config = task_obj.resolve(params, protocol=protocol, mini=data == "mini")
+    weights_id = "random"
+    if isinstance(bb_spec, BackboneSpec):
+        path = resolve_weights(bb_spec, weights)
+        weights_id = file_sha256(path) if path is not None else "random"
+    source = task_obj.data_source(data, data_root, mini_size, mini_seed)
+    if source.kind == "mini" and not config.mini:  # a generated folder passed as real data is mini data
+        config = task_obj.resolve(params, protocol=protocol, mini=True)
+    key = cell_key(task=config.name, task_version=config.version, identity=config.identity(),
+                   data_identity=source.identity, backbone=backbone, weights=weights_id, seed=seed)
+    return Cell(backbone, config, source, weights, weights_id, seed, key, record_path(out_dir, backbone, config.label, key))
 
 
-def run_cell(
-    backbone: str,
-    task: str,
-    *,
-    weights: str | None = None,
-    data: str = "real",
-    data_root: str | Path | None = None,
-    mini_size: Size = "small",
-    mini_seed: int = 0,
-    seed: int = 0,
-    params: dict[str, Any] | None = None,
-    out_dir: Path = DEFAULT_OUT,
-    force: bool = False,
-    device: torch.device | None = None,
-    amp: bool | None = None,
-    batch_size: int = 64,
-    progress: Any = None,
-    weights_label: str | None = None,
-) -> CellResult:
+def run_cell(backbone: str, task: str, *, weights: str | None = None, data: str = "real",
+             data_root: str | Path | None = None, mini_size: str = "small", mini_seed: int = 0, seed: int = 0,
+             params: dict[str, Any] | None = None, protocol: str | None = None, out_dir: Path = DEFAULT_OUT,
+             force: bool = False, device: torch.device | str | None = None, amp: bool | None = None,
+             batch_size: int = 64, num_workers: int = 0, progress: Any = None,
+             weights_label: str | None = None) -> CellResult:
     """Evaluate one cell and write its record; an identical finished cell is returned as skipped.
 
     ``weights_label`` names the checkpoint in leaderboards (default: the first 8 hex digits of its
     sha256); random weights keep the bare backbone name. ``mini_size``/``mini_seed`` pick the mini
     world (``data='mini'``); ``seed`` seeds the run itself. Under torchrun every rank runs the cell
-    (training is DDP, evaluation is repeated) and rank 0 alone writes the record.
+    (training is DDP, evaluation is repeated) and rank 0 alone writes the record. A failed run is
+    recorded beside the cell's last good record, never over it.
     """
-    if data not in ("real", "mini"):
-        raise ValueError(f"data must be 'real' or 'mini', got {data!r}")
-    bb_spec = BACKBONES.get(backbone)  # fail fast, with did-you-mean, before any data work
-    task_obj, spec = resolve_task(task, params, data)
-
-    if data == "mini":
-        if spec.mini_dataset is None:
-            raise ValueError(f"task {spec.name!r} has no mini dataset")
-        root = ensure_mini(spec.mini_dataset, mini_size, seed=mini_seed)
-    else:
-        root = resolve_data_root(spec.dataset, data_root)
-    manifest = manifest_sha256(root)
-
-    weights_id = "random"
-    if isinstance(bb_spec, BackboneSpec):
-        path = resolve_weights(bb_spec, weights)
-        weights_id = file_sha256(path) if path is not None else "random"
-    key = cell_key(task=spec.name, task_version=spec.version, params=dict(spec.params), data_source=data,
-                   manifest_sha256=manifest, backbone=backbone, weights=weights_id, seed=seed)
-    out_path = record_path(out_dir, backbone, spec.label, key)
-    if out_path.is_file() and not force:
-        existing = RunRecord.load(out_path)
+    device = parse_device(device) if device is not None else default_device()
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    cell = resolve_cell(backbone, task, weights=weights, data=data, data_root=data_root, mini_size=mini_size,
+                        mini_seed=mini_seed, seed=seed, params=params, protocol=protocol, out_dir=out_dir)
+    if cell.path.is_file() and not force:
+        existing = RunRecord.load(cell.path)
         if existing.status == "ok":
-            return CellResult(existing, out_path, skipped=True)
+            return CellResult(existing, cell.path, skipped=True)
+    return execute(cell, out_dir=out_dir, device=device, amp=amp, batch_size=batch_size, num_workers=num_workers,
+                   progress=progress, weights_label=weights_label)
 
-    is_writer = int(os.environ.get("RANK", "0")) == 0
-    device = device or default_device()
+
+def execute(cell: Cell, *, out_dir: Path, device: torch.device, amp: bool | None = None, batch_size: int = 64,
+            num_workers: int = 0, progress: Any = None, weights_label: str | None = None) -> CellResult:
+    config, backbone = cell.config, cell.backbone
+    is_writer = distributed.is_main_process()
     amp_dtype = torch.bfloat16 if (amp if amp is not None else device.type == "cuda") else None
-    work_dir = Path(out_dir) / ".work" / key[:16]  # a killed training run resumes from here
-    ctx = RunContext(data_root=root, data_source=data, seed=seed, device=device, amp_dtype=amp_dtype,
-                     batch_size=batch_size, progress=progress, work_dir=work_dir)
+    work_dir = Path(out_dir) / ".work" / cell.key[:16]  # a killed training run resumes from here
+    ctx = RunContext(data=cell.source, seed=cell.seed, device=device, amp_dtype=amp_dtype, batch_size=batch_size,
+                     num_workers=num_workers, progress=progress, work_dir=work_dir)
     sha, dirty = git_state()
     started, t0 = _now(), time.perf_counter()
     base = dict(
         run_id=f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}",
-        cell_key=key, started_at=started, evalsuite_version=__version__, git_sha=sha, git_dirty=dirty,
-        task=_task_info(spec), seed=seed,
-        data={"source": data, "dataset": spec.mini_dataset if data == "mini" else spec.dataset,
-              "root": str(root), "manifest_sha256": manifest,
-              **({"world": world_name(mini_size, mini_seed)} if data == "mini" else {})},
+        cell_key=cell.key, started_at=started, evalsuite_version=__version__, git_sha=sha, git_dirty=dirty,
+        task=config.record(), seed=cell.seed, data=cell.source.record(),
         environment=environment(device, amp_dtype),
+        settings={"batch_size": batch_size, "num_workers": num_workers, "device": str(device),
+                  "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
+                  "world_size": distributed.world_size()},
     )
-    label = backbone if weights_id == "random" else f"{backbone}@{weights_label or weights_id[:8]}"
-    bb_info = {"name": backbone, "label": label, "weights": weights_id}
+    label = backbone if cell.weights_id == "random" else f"{backbone}@{weights_label or cell.weights_id[:8]}"
+    bb_info = {"name": backbone, "label": label, "weights": cell.weights_id}
     try:
-        seed_everything(seed)
+        seed_everything(cell.seed)
         t_load = time.perf_counter()
-        model = create_backbone(backbone, weights).to(device)
+        model = create_backbone(backbone, cell.weights).to(device)
         bb_info |= {"family": model.meta.family, "num_params": model.meta.num_params}
         t_task = time.perf_counter()
-        output = task_obj.run(model, spec, ctx)
+        output = config.protocol.run(model, config, ctx)
         bad = [m.name for m in output.metrics if not math.isfinite(m.value)]
         if bad:
             raise FloatingPointError(f"non-finite metric(s) {bad}: the run is failed, not a number")
-        if not any(m.primary and m.name == spec.primary_metric for m in output.metrics):
-            raise RuntimeError(f"task {spec.name} did not report its primary metric {spec.primary_metric!r}")
+        if not any(m.primary and m.name == config.primary_metric for m in output.metrics):
+            raise RuntimeError(f"{config.label} did not report its primary metric {config.primary_metric!r}")
         t_end = time.perf_counter()
         record = RunRecord(
             **base, status="ok", finished_at=_now(), backbone=bb_info,
@@ -151,20 +164,12 @@ def run_cell(
             timings={"total_s": time.perf_counter() - t0},
             error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}",
         )
+        failed = failed_path(cell.path)
         if is_writer:
-            write_record(record, out_path)
-        raise RunFailed(f"{backbone} × {spec.label} failed: {type(exc).__name__}: {exc}", out_path) from exc
+            write_record(record, failed)
+        raise RunFailed(f"{backbone} × {config.label} failed: {type(exc).__name__}: {exc}", failed) from exc
     if is_writer:
-        write_record(record, out_path)
+        write_record(record, cell.path)
+        failed_path(cell.path).unlink(missing_ok=True)
         shutil.rmtree(work_dir, ignore_errors=True)
-    return CellResult(record, out_path, skipped=False)
-
-
-def _task_info(spec: TaskSpec) -> dict[str, Any]:
-    return {
-        "name": spec.name, "label": spec.label, "version": spec.version, "family": spec.family,
-        "params": dict(spec.params), "primary_metric": spec.primary_metric,
-        "higher_is_better": spec.higher_is_better, "tolerance": spec.tolerance,
-        "selection_split": spec.selection_split, "report_split": spec.report_split,
-        "leaderboard_metrics": list(spec.leaderboard_metrics),
-    }
+    return CellResult(record, cell.path, skipped=False)

@@ -1,14 +1,28 @@
-"""ADE20K (ADEChallengeData2016) reader with mmseg's ``reduce_zero_label``: 0 ("other") → 255, k → k − 1."""
+"""ADE20K semantic segmentation on a frozen backbone: data → segmentation target → protocols.
+
+The reader (ADEChallengeData2016) applies mmseg's ``reduce_zero_label``: 0 ("other") → 255, k → k − 1.
+mIoU is dataset-level (intersections and unions summed over all images, mmseg's IoUMetric).
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from evalsuite.contracts import Task
 from evalsuite.data import DataNotFoundError
+from evalsuite.metrics import SegmentationMeter
+from evalsuite.params import param
+from evalsuite.registry import HEADS, TASKS
+
+from .dense import DENSE_HEAD_LR, DENSE_MINI, DenseParams, HeadSpec, run_dense
 
 IGNORE_INDEX = 255
 
@@ -45,43 +59,13 @@ class ADE20K(Dataset):
 
 
 # ---------------------------------------------------------------------------------------
-# The task: ADE20K semantic segmentation, Pixio and DINOv2 protocols
+# Segmentation as a dense target
 # ---------------------------------------------------------------------------------------
-import json  # noqa: E402
-
-import torch  # noqa: E402
-
-from evalsuite.contracts import TaskSpec  # noqa: E402
-from evalsuite.metrics import SegmentationMeter  # noqa: E402
-from evalsuite.registry import TASKS  # noqa: E402
-
-from .dense import COMMON_PARAMS, MINI_PARAMS, DenseTask  # noqa: E402
-
 ADE_NUM_CLASSES = 150
 
-# v2: DPT's deepest fusion block lost its unused skip unit, which changes the head's initialisation
-SPEC = TaskSpec(
-    name="ade20k", version=2, family="segmentation", primary_metric="mIoU", higher_is_better=True, tolerance=0.5,
-    selection_split="none (last epoch)", report_split="validation", dataset="ade20k", mini_dataset="ade20k-mini",
-    params={**COMMON_PARAMS, "rescale": (0.5, 2.0)},
-    presets={"protocol": {
-        "pixio": {},
-        # DINOv2: linear on the last block, 512 crops, 40k iterations at batch 16 ≈ 32 epochs, slide 512/341.
-        "dinov2": {"head": "linear", "crop": (512, 512), "window": 512, "stride": 341, "epochs": 32},
-    }},
-    mini_params=MINI_PARAMS,
-    choices={"protocol": ("pixio", "dinov2"), "head": ("linear", "dpt", "upernet"), "inference": ("slide", "whole"),
-             "selection": ("last",)},
-    variant_keys=("protocol", "head"),
-    quickstart=({"protocol": "pixio", "head": "linear"},),
-    leaderboard_metrics=("aAcc",),
-    description="ADE20K semantic segmentation (dataset-level mIoU) from a frozen backbone",
-)
 
-
-class ADE20KTask(DenseTask):
-    spec = SPEC
-    kind = "seg"
+class SegmentationTarget:
+    pad_value = IGNORE_INDEX
     higher_is_better = ("mIoU", "mAcc", "aAcc")
 
     def datasets(self, root, p):
@@ -90,6 +74,15 @@ class ADE20KTask(DenseTask):
     def out_channels(self, root, p) -> int:
         meta = Path(root) / "ADEChallengeData2016" / "classes.json"
         return json.loads(meta.read_text())["num_classes"] if meta.is_file() else ADE_NUM_CLASSES
+
+    def predict(self, head_out: torch.Tensor, head: HeadSpec, p) -> torch.Tensor:
+        return head_out
+
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor, p) -> torch.Tensor:
+        return F.cross_entropy(prediction, target, ignore_index=IGNORE_INDEX)
+
+    def as_target(self, target: torch.Tensor) -> torch.Tensor:
+        return target.long()
 
     def score(self, out: torch.Tensor, target: torch.Tensor, p):
         return out.argmax(dim=1)[0], target
@@ -102,4 +95,49 @@ class ADE20KTask(DenseTask):
         return {k: 100 * out[k] for k in ("mIoU", "mAcc", "aAcc")}
 
 
-TASKS.register("ade20k", ADE20KTask)
+SEGMENTATION = SegmentationTarget()
+
+
+# ---------------------------------------------------------------------------------------
+# Protocols
+# ---------------------------------------------------------------------------------------
+# v2: DPT's deepest fusion block lost its unused skip unit, which changes the head's initialisation
+ADE20K_TASK = Task("ade20k", version=2, family="segmentation", dataset="ade20k", mini_dataset="ade20k-mini",
+                   tolerance=0.5, quickstart=({"protocol": "pixio", "head": "linear"},),
+                   description="ADE20K semantic segmentation (dataset-level mIoU) from a frozen backbone")
+
+
+@dataclass(frozen=True)
+class PixioSegmentation(DenseParams):
+    head: str = param("dpt", "the head", choices=("linear", "dpt", "upernet"))
+    rescale: tuple[float, ...] = param((0.5, 2.0), "training rescale ratio range (lo, hi); empty: none", min=0)
+
+
+@dataclass(frozen=True)
+class DINOv2Segmentation(PixioSegmentation):
+    """DINOv2: linear on the last block, 512 crops, 40k iterations at batch 16 ≈ 32 epochs, slide 512/341."""
+
+    head: str = param("linear", "the head", choices=("linear", "dpt", "upernet"))
+    crop: tuple[int, int] = param((512, 512), "training crop (h, w)", min=1)
+    epochs: int = param(32, "training epochs", min=1)
+    window: int = param(512, "sliding-window size", min=1)
+    stride: int = param(341, "sliding-window stride", min=1)
+
+
+_SEG = dict(primary_metric="mIoU", higher_is_better=True, selection_split="none (last epoch)", report_split="validation",
+            mini=DENSE_MINI, components={"head": HEADS}, component_defaults={"head": DENSE_HEAD_LR},
+            variant_keys=("head",), leaderboard_metrics=("aAcc",))
+
+
+@ADE20K_TASK.protocol("pixio", PixioSegmentation, description="Pixio: crop 256, rescale ×0.5–2, 60 epochs, slide 256/170",
+                      **_SEG)
+def pixio_protocol(backbone, cfg, ctx):
+    return run_dense(backbone, cfg, ctx, SEGMENTATION)
+
+
+@ADE20K_TASK.protocol("dinov2", DINOv2Segmentation, description="DINOv2: linear, 512 crops, slide 512/341", **_SEG)
+def dinov2_protocol(backbone, cfg, ctx):
+    return run_dense(backbone, cfg, ctx, SEGMENTATION)
+
+
+TASKS.register("ade20k", ADE20K_TASK)

@@ -1,4 +1,6 @@
-"""NYU Depth v2: readers for the two layouts in use.
+"""NYU Depth v2 monocular depth on a frozen backbone: data → depth target → protocols.
+
+Readers for the two layouts in use:
 
 * ``labeled``: ``nyu_depth_v2_labeled.mat`` (MATLAB v7.3 = HDF5; ``images`` N×3×W×H uint8, ``depths``
   N×W×H metres, read through h5py and transposed to H×W) with the official ``splits.mat``
@@ -9,13 +11,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from evalsuite.contracts import Task
 from evalsuite.data import DataNotFoundError
+from evalsuite.metrics import DEPTH_KEYS, depth_metrics
+from evalsuite.params import param
+from evalsuite.registry import HEADS, TASKS
+
+from .dense import DENSE_HEAD_LR, DENSE_MINI, DenseParams, HeadSpec, run_dense
 
 LABELED_MAT = "nyu_depth_v2_labeled.mat"
 SPLITS_MAT = "splits.mat"
@@ -74,59 +84,50 @@ class NYUv2Sync(Dataset):
         return image, millimetres / 1000.0
 
 
+def open_splits(root, layout: str) -> tuple[Dataset, Dataset, str]:
+    if layout == "auto":
+        layout = "sync" if (Path(root) / SYNC_LISTS["train"][1]).is_file() else "labeled"
+    reader = NYUv2Sync if layout == "sync" else NYUv2Labeled
+    return reader(root, "train"), reader(root, "test"), layout
+
+
 # ---------------------------------------------------------------------------------------
-# The task: NYUv2 depth, Pixio and DINOv2 protocols
+# Depth as a dense target
 # ---------------------------------------------------------------------------------------
-import torch  # noqa: E402
-
-from evalsuite.contracts import TaskSpec  # noqa: E402
-from evalsuite.metrics import DEPTH_KEYS, depth_metrics  # noqa: E402
-from evalsuite.registry import TASKS  # noqa: E402
-
-from .dense import COMMON_PARAMS, MINI_PARAMS, DenseTask  # noqa: E402
-
 PERCENT = ("d1", "d2", "d3")  # reported in %, as in the papers
 
-# v2: DPT's deepest fusion block lost its unused skip unit, which changes the head's initialisation
-SPEC = TaskSpec(
-    name="nyuv2", version=2, family="depth", primary_metric="d1", higher_is_better=True, tolerance=0.5,
-    selection_split="none (last epoch)", report_split="test", dataset="nyuv2", mini_dataset="nyuv2-mini",
-    params={**COMMON_PARAMS, "min_depth": 1e-3, "max_depth": 10.0, "silog_lambda": 0.5, "eigen_crop": True,
-            "bins_blocks": 4, "layout": "auto", "rescale": ()},
-    presets={"protocol": {
-        "pixio": {},
-        # DINOv2: 416×544 crops, 256-bin head on 4 blocks, whole-image inference with flip averaging.
-        "dinov2": {"crop": (416, 544), "head": "bins", "inference": "whole", "flip_tta": True, "lr": 2e-4},
-    }},
-    mini_params=MINI_PARAMS,
-    choices={"protocol": ("pixio", "dinov2"), "head": ("linear", "dpt", "bins"), "inference": ("slide", "whole"),
-             "layout": ("auto", "sync", "labeled"), "selection": ("last",), "bins_blocks": (1, 4)},
-    variant_keys=("protocol", "head"),
-    quickstart=({"protocol": "pixio", "head": "linear"},),
-    leaderboard_metrics=("rmse", "abs_rel"),
-    description="NYUv2 monocular depth from a frozen backbone (Pixio DPT/linear or DINOv2 bins protocols)",
-)
+
+def silog_loss(pred: torch.Tensor, gt: torch.Tensor, min_depth: float, max_depth: float, lam: float = 0.5) -> torch.Tensor:
+    """sqrt(mean d² − λ·mean(d)²), d = log pred − log gt over the batch's valid pixels (Pixio, λ = 0.5)."""
+    valid = (gt > min_depth) & (gt < max_depth)
+    d = torch.log(pred[valid].clamp_min(min_depth)) - torch.log(gt[valid])
+    return ((d**2).mean() - lam * d.mean() ** 2).clamp_min(1e-12).sqrt()
 
 
-class NYUv2Task(DenseTask):
-    spec = SPEC
-    kind = "depth"
+class DepthTarget:
+    pad_value = 0
     higher_is_better = PERCENT
 
     def datasets(self, root, p):
-        layout = p["layout"]
-        if layout == "auto":
-            layout = "sync" if (Path(root) / SYNC_LISTS["train"][1]).is_file() else "labeled"
-        reader = NYUv2Sync if layout == "sync" else NYUv2Labeled
-        return reader(root, "train"), reader(root, "test"), {"layout": layout, "report_split": "test"}
+        train, test, layout = open_splits(root, p.layout)
+        return train, test, {"layout": layout, "report_split": "test"}
 
     def out_channels(self, root, p) -> int:
         return 1
 
+    def predict(self, head_out: torch.Tensor, head: HeadSpec, p) -> torch.Tensor:
+        return head_out if head.outputs == "depth" else torch.sigmoid(head_out) * p.max_depth
+
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor, p) -> torch.Tensor:
+        return silog_loss(prediction[:, 0], target, p.min_depth, p.max_depth, p.silog_lambda)
+
+    def as_target(self, target: torch.Tensor) -> torch.Tensor:
+        return target.float()
+
     def score(self, out: torch.Tensor, target: torch.Tensor, p) -> dict | None:
-        crop = p["eigen_crop"] and tuple(target.shape) == (480, 640)
+        crop = p.eigen_crop and tuple(target.shape) == (480, 640)
         try:
-            return depth_metrics(out[:, 0], target[None], min_depth=p["min_depth"], max_depth=p["max_depth"], eigen_crop=crop)
+            return depth_metrics(out[:, 0], target[None], min_depth=p.min_depth, max_depth=p.max_depth, eigen_crop=crop)
         except ValueError:  # fewer than 10 valid pixels: skipped, as the reference does
             return None
 
@@ -137,4 +138,55 @@ class NYUv2Task(DenseTask):
         return {k: sum(r[k] for r in kept) / len(kept) * (100 if k in PERCENT else 1) for k in DEPTH_KEYS}
 
 
-TASKS.register("nyuv2", NYUv2Task)
+DEPTH = DepthTarget()
+
+
+# ---------------------------------------------------------------------------------------
+# Protocols
+# ---------------------------------------------------------------------------------------
+# v2: DPT's deepest fusion block lost its unused skip unit, which changes the head's initialisation
+NYUV2 = Task("nyuv2", version=2, family="depth", dataset="nyuv2", mini_dataset="nyuv2-mini", tolerance=0.5,
+             quickstart=({"protocol": "pixio", "head": "linear"},),
+             description="NYUv2 monocular depth from a frozen backbone (Pixio DPT/linear or DINOv2 bins protocols)")
+
+
+@dataclass(frozen=True)
+class PixioDepth(DenseParams):
+    head: str = param("dpt", "the head", choices=("linear", "dpt", "bins"))
+    min_depth: float = param(1e-3, "valid ground truth is strictly above (metres)", min=0)
+    max_depth: float = param(10.0, "valid ground truth is strictly below; sigmoid heads output up to it", min=0,
+                             min_exclusive=True)
+    silog_lambda: float = param(0.5, "λ of the SiLog training loss", min=0, max=1)
+    eigen_crop: bool = param(True, "score inside the Eigen crop of 480×640 ground truth")
+    layout: str = param("auto", "labeled .mat or BTS sync lists (auto: sync when its lists exist)",
+                        choices=("auto", "sync", "labeled"))
+    rescale: tuple[float, ...] = param((), "training rescale ratio range (lo, hi); empty: none", min=0)
+
+
+@dataclass(frozen=True)
+class DINOv2Depth(PixioDepth):
+    """DINOv2: 416×544 crops, 256-bin head on 4 blocks, whole-image inference with flip averaging."""
+
+    head: str = param("bins", "the head", choices=("linear", "dpt", "bins"))
+    crop: tuple[int, int] = param((416, 544), "training crop (h, w)", min=1)
+    inference: str = param("whole", "slide | whole", choices=("slide", "whole"))
+    flip_tta: bool = param(True, "average with the prediction of the flipped image")
+
+
+_DEPTH = dict(primary_metric="d1", higher_is_better=True, selection_split="none (last epoch)", report_split="test",
+              mini=DENSE_MINI, components={"head": HEADS}, component_defaults={"head": DENSE_HEAD_LR},
+              variant_keys=("head",), leaderboard_metrics=("rmse", "abs_rel"))
+
+
+@NYUV2.protocol("pixio", PixioDepth, description="Pixio: crop 256, 60 epochs, AdamW, warm-up + poly, SiLog λ 0.5, slide 256/170",
+                **_DEPTH)
+def pixio_protocol(backbone, cfg, ctx):
+    return run_dense(backbone, cfg, ctx, DEPTH)
+
+
+@NYUV2.protocol("dinov2", DINOv2Depth, description="DINOv2: 416×544 crops, 256 bins, whole image + flip", **_DEPTH)
+def dinov2_protocol(backbone, cfg, ctx):
+    return run_dense(backbone, cfg, ctx, DEPTH)
+
+
+TASKS.register("nyuv2", NYUV2)

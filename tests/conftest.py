@@ -12,6 +12,7 @@ def _isolated(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("EVALSUITE_DATA_ROOT", raising=False)
     monkeypatch.setenv("EVALSUITE_MINI_CACHE", str(_mini_cache(tmp_path_factory)))
     monkeypatch.setenv("EVALSUITE_FEATURE_CACHE", str(tmp_path_factory.mktemp("features")))
+    monkeypatch.setenv("EVALSUITE_IDENTITY_CACHE", str(tmp_path_factory.mktemp("identity") / "identity.sqlite"))
     torch.manual_seed(0)
 
 
@@ -22,6 +23,22 @@ def _mini_cache(factory):
     if "path" not in _CACHE:
         _CACHE["path"] = factory.mktemp("mini-cache")
     return _CACHE["path"]
+
+
+def mini_ctx(name: str, work_dir=None, seed: int = 0, **kwargs):
+    """A RunContext on the generated mini dataset ``name`` (what the runner gives a protocol)."""
+    from evalsuite.contracts import RunContext
+    from evalsuite.data import mini_source
+
+    return RunContext(data=mini_source(name), seed=seed, work_dir=work_dir, **kwargs)
+
+
+def run_protocol(task: str, backbone, params: dict, ctx, mini: bool = True):
+    """Resolve ``params`` (``protocol`` included) for ``task`` and run it as the runner would."""
+    from evalsuite.registry import TASKS
+
+    cfg = TASKS.get(task).resolve(params, mini=mini)
+    return cfg.protocol.run(backbone, cfg, ctx)
 
 
 def run_cli_record(args: list[str], out, processes: int = 1, port: int = 29540) -> dict:

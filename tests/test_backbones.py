@@ -207,7 +207,8 @@ def test_real_size_without_weights_says_where_to_put_them():
 
 
 def test_decoder_keys_of_a_pretraining_checkpoint_are_dropped_explicitly(tmp_path):
-    state = {f"encoder.{k}": v for k, v in _tiny_state().items()} | {"decoder_embed.weight": torch.zeros(2, 2), "mask_token": torch.zeros(1, 1, 4)}
+    state = {f"encoder.{k}": v for k, v in _tiny_state().items()}
+    state |= {"decoder_embed.weight": torch.zeros(2, 2), "mask_token": torch.zeros(1, 1, 4)}
     model = create_backbone("pixio-tiny", _save_official({"model": state}, tmp_path / "ours.pth"))
     assert torch.equal(model.cls_token, state["encoder.cls_token"])
 

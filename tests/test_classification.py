@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from evalsuite.metrics import knn_classify, topk_accuracy
-from tasks.imagenet import HeadConfig, dinov2_grid, heldout_split, select_and_report, train_linear_heads
+from tasks.imagenet.heads import HeadConfig, dinov2_grid, heldout_split, select_and_report, train_linear_heads
 
 
 def test_topk_hand_counts():
@@ -119,7 +119,7 @@ def test_logreg_protocol_is_a_consistent_reference(tmp_path):
 
 
 def test_lars_step_hand_computed():
-    from tasks.imagenet import lars_step
+    from tasks.imagenet.heads import lars_step
 
     W, b = torch.tensor([[3.0, 4.0]]), torch.tensor([1.0])
     gW, gb = torch.tensor([[0.6, 0.8]]), torch.tensor([2.0])
@@ -134,7 +134,7 @@ def test_lars_step_hand_computed():
 
 def test_mae_linear_folds_batchnorm_into_the_head():
     """The returned head on raw features equals BatchNorm(affine=False, train statistics) then the linear layer."""
-    from tasks.imagenet import HeadConfig, feature_statistics, train_mae_linear_head
+    from tasks.imagenet.heads import HeadConfig, feature_statistics, train_mae_linear_head
 
     gen = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 3, (60,), generator=gen)

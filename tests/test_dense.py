@@ -5,13 +5,12 @@ import math
 import pytest
 import torch
 
-from conftest import run_cli_record
+from conftest import mini_ctx, run_cli_record, run_protocol
 from evalsuite.checkpoints import create_backbone
-from evalsuite.contracts import RunContext
 from evalsuite.environment import seed_everything
-from evalsuite.mini import ensure_mini
 from evalsuite.registry import HEADS, TASKS
-from tasks.dense import readout_dim, silog_loss, slide_inference, window_starts
+from tasks.dense import read_maps, readout_dims, slide_inference, window_starts
+from tasks.nyuv2 import silog_loss
 
 
 def test_window_starts_cover_sizes_not_divisible_by_the_stride():
@@ -62,11 +61,13 @@ def test_silog_by_hand():
 def test_heads_output_shapes(head, n_layers):
     backbone = create_backbone("pixio-tiny", "random")
     layers = list(backbone.meta.default_layers)[-n_layers:]
-    dims = [readout_dim(backbone, i) for i in layers]
+    spec = HEADS.get(head)
+    params = spec.params.build({"features": 32} if head == "dpt" else {})
+    dims = readout_dims(backbone, layers, params)
     assert dims == [384] * n_layers  # 192 patch channels ⊕ 192 from the mean of the 8 CLS tokens
-    module = HEADS.get(head)(dims, 5, features=32, max_depth=10.0, patch_size=8)
+    module = spec.build(dims, 5, params, 8, (1e-3, 10.0))
     with torch.no_grad():
-        out = module(backbone.forward_features(torch.randn(2, 3, 64, 96), layers=layers))
+        out = module(read_maps(backbone, torch.randn(2, 3, 64, 96), layers, params))
     assert out.shape[0] == 2 and out.shape[1] == (1 if head == "bins" else 5)
     if head == "dpt":
         assert out.shape[-2:] == (64, 96)  # exactly the input resolution
@@ -77,17 +78,17 @@ def test_heads_output_shapes(head, n_layers):
 
 
 def _ctx(tmp_path, name):
-    return RunContext(data_root=ensure_mini(name), data_source="mini", seed=0, work_dir=tmp_path / "work")
+    return mini_ctx(name, tmp_path / "work")
 
 
 @pytest.mark.parametrize("task, params", [("nyuv2", {"head": "dpt"}), ("ade20k", {"head": "linear"})])
 def test_dense_tasks_run_on_mini_data(tmp_path, task, params):
-    t = TASKS.get(task)()
-    spec = t.spec.resolve({**params, "epochs": 1, "window": 256, "stride": 256}, mini=True)
-    out = t.run(create_backbone("pixio-tiny", "random"), spec, _ctx(tmp_path, t.spec.mini_dataset))
+    t = TASKS.get(task)
+    out = run_protocol(task, create_backbone("pixio-tiny", "random"), {**params, "epochs": 1, "window": 256, "stride": 256},
+                       _ctx(tmp_path, t.mini_dataset))
     names = {m.name for m in out.metrics}
     primary = [m for m in out.metrics if m.primary]
-    assert len(primary) == 1 and primary[0].name == t.spec.primary_metric and 0 <= primary[0].value <= 100
+    assert len(primary) == 1 and primary[0].name == t.protocols["pixio"].primary_metric and 0 <= primary[0].value <= 100
     assert (names >= {"d1", "rmse", "abs_rel", "silog"}) if task == "nyuv2" else (names >= {"mIoU", "mAcc", "aAcc"})
 
 
@@ -99,9 +100,8 @@ def _seeded_backbone():
 def test_resume_after_kill_gives_identical_metrics(tmp_path, monkeypatch):
     from mmengine.runner.loops import IterBasedTrainLoop
 
-    t = TASKS.get("ade20k")()
-    spec = t.spec.resolve({"head": "linear", "epochs": 2, "checkpoint_interval": 4, "window": 256, "stride": 256}, mini=True)
-    straight = t.run(_seeded_backbone(), spec, _ctx(tmp_path / "a", "ade20k-mini"))
+    params = {"head": "linear", "epochs": 2, "checkpoint_interval": 4, "window": 256, "stride": 256}
+    straight = run_protocol("ade20k", _seeded_backbone(), params, _ctx(tmp_path / "a", "ade20k-mini"))
     real = IterBasedTrainLoop.run_iter
 
     def dying(self, data_batch):
@@ -111,10 +111,10 @@ def test_resume_after_kill_gives_identical_metrics(tmp_path, monkeypatch):
 
     monkeypatch.setattr(IterBasedTrainLoop, "run_iter", dying)
     with pytest.raises(KeyboardInterrupt):
-        t.run(_seeded_backbone(), spec, _ctx(tmp_path / "b", "ade20k-mini"))
+        run_protocol("ade20k", _seeded_backbone(), params, _ctx(tmp_path / "b", "ade20k-mini"))
     assert (tmp_path / "b" / "work" / "iter_4.pth").is_file()
     monkeypatch.setattr(IterBasedTrainLoop, "run_iter", real)
-    resumed = t.run(_seeded_backbone(), spec, _ctx(tmp_path / "b", "ade20k-mini"))
+    resumed = run_protocol("ade20k", _seeded_backbone(), params, _ctx(tmp_path / "b", "ade20k-mini"))
     a = {m.name: m.value for m in straight.metrics}
     b = {m.name: m.value for m in resumed.metrics}
     assert a == pytest.approx(b, abs=1e-6)
@@ -125,7 +125,7 @@ def test_two_process_torchrun_dense_head_matches_one_process(tmp_path):
     process; rank 0 alone writes the record. SiLog is a statistic of each process's batch (as in every
     DDP depth trainer), so the numbers are close rather than equal."""
     args = ["run", "-b", "pixio-tiny", "-t", "nyuv2", "--data", "mini", "--weights", "random", "--head", "dpt",
-            "-p", "epochs=1", "-p", "batch_size=4", "-p", "dpt_features=32"]
+            "-p", "epochs=1", "-p", "batch_size=4", "-p", "features=32"]
     metrics = {n: {m["name"]: m["value"] for m in run_cli_record(args, tmp_path / str(n), n, 29547)["metrics"]}
                for n in (1, 2)}
     assert metrics[1] == pytest.approx(metrics[2], rel=0.02)

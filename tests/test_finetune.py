@@ -7,16 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli_record
+from conftest import mini_ctx, run_cli_record, run_protocol
 from evalsuite.checkpoints import create_backbone
-from evalsuite.contracts import RunContext
 from evalsuite.environment import seed_everything
 from evalsuite.finetune import keyed_global_rng, layer_id, param_groups, select_trainable
 from evalsuite.mini import ensure_mini
-from evalsuite.registry import TASKS
 from evalsuite.runner import run_cell
-from tasks.imagenet import labelled_rows, load_split
-from tasks.imagenet_ft import posterize_keeping_zero_bits
+from tasks.imagenet.data import labelled_rows, load_split
+from tasks.imagenet.finetune import posterize_keeping_zero_bits
 
 
 def test_layer_ids_follow_mae():
@@ -55,19 +53,19 @@ def test_trainable_sets_of_each_protocol():
     backbone = create_backbone("mae-tiny", "random")
     every = {n for n, _ in backbone.named_parameters()}
     assert "pos_embed" not in _trainable(backbone)  # a fixed sin-cos table while pretraining …
-    select_trainable(backbone, "finetune")
+    select_trainable(backbone, "all")
     # … that MAE's fine-tuning trains; fc_norm replaces the final norm
     assert _trainable(backbone) == every - {"norm.weight", "norm.bias"}
-    select_trainable(backbone, "partial-ft", blocks=2)
+    select_trainable(backbone, "last_blocks", blocks=2)
     assert _trainable(backbone) == {n for n in every if n.startswith(("blocks.6.", "blocks.7."))}
-    select_trainable(backbone, "partial-ft", blocks=0)
+    select_trainable(backbone, "last_blocks", blocks=0)
     assert _trainable(backbone) == set()
-    select_trainable(backbone, "ln-ft")
+    select_trainable(backbone, "layernorm")
     assert _trainable(backbone) == {n for n in every if ".norm1." in n or ".norm2." in n}
     with pytest.raises(ValueError, match="blocks must be in"):
-        select_trainable(backbone, "partial-ft", blocks=9)
+        select_trainable(backbone, "last_blocks", blocks=9)
     with pytest.raises(ValueError, match="no transformer blocks"):
-        select_trainable(create_backbone("pixelbert-r18", "random"), "ln-ft")
+        select_trainable(create_backbone("pixelbert-r18", "random"), "layernorm")
 
 
 def test_keyed_global_rng_is_deterministic_and_restores_state():
@@ -114,7 +112,7 @@ def test_label_fractions_are_per_class_seeded_and_shared(tmp_path):
 
 def test_missing_subset_file_and_diverged_fine_tune_fail_loudly(tmp_path):
     from evalsuite.data import DataNotFoundError
-    from tasks.imagenet_ft import evaluate
+    from tasks.imagenet.finetune import evaluate
 
     train = load_split(ensure_mini("imagenet-mini"), "train", None)
     with pytest.raises(DataNotFoundError, match="label_subset file"):
@@ -138,7 +136,7 @@ def test_linear_seeds_record_mean_and_std(tmp_path):
     assert top1["value"] == pytest.approx(np.mean(per_seed)) and top1["std"] == pytest.approx(np.std(per_seed, ddof=1))
 
 
-FAST = {"label_fraction": 0.25, "ft_epochs": 1, "ft_batch_size": 16}
+FAST = {"label_fraction": 0.25, "epochs": 1, "batch_size": 16}
 
 
 @pytest.mark.parametrize("protocol, extra", [("finetune", {}), ("partial-ft", {"blocks": 2}), ("ln-ft", {})])
@@ -158,7 +156,7 @@ def test_end_to_end_protocols_run_on_mini(tmp_path, protocol, extra):
 
 
 def _ctx(path):
-    return RunContext(data_root=ensure_mini("imagenet-mini"), data_source="mini", seed=0, work_dir=path / "work")
+    return mini_ctx("imagenet-mini", path / "work")
 
 
 def _final_state(path):
@@ -171,11 +169,10 @@ def test_finetune_resume_after_kill_ends_in_the_same_state(tmp_path, monkeypatch
     RandAugment, random erasing, mixup/cutmix and drop-path all drawing random numbers."""
     from mmengine.runner.loops import IterBasedTrainLoop
 
-    t = TASKS.get("imagenet")()
-    spec = t.spec.resolve({"protocol": "finetune", "label_fraction": 0.25, "ft_epochs": 2, "ft_batch_size": 16,
-                           "checkpoint_interval": 5, "drop_path": 0.2}, mini=True)
+    params = {"protocol": "finetune", "label_fraction": 0.25, "epochs": 2, "batch_size": 16, "checkpoint_interval": 5,
+              "drop_path": 0.2}
     seed_everything(0)
-    straight = t.run(create_backbone("mae-tiny", "random"), spec, _ctx(tmp_path / "a"))
+    straight = run_protocol("imagenet", create_backbone("mae-tiny", "random"), params, _ctx(tmp_path / "a"))
     real = IterBasedTrainLoop.run_iter
 
     def dying(self, data_batch):
@@ -186,11 +183,11 @@ def test_finetune_resume_after_kill_ends_in_the_same_state(tmp_path, monkeypatch
     monkeypatch.setattr(IterBasedTrainLoop, "run_iter", dying)
     seed_everything(0)
     with pytest.raises(KeyboardInterrupt):
-        t.run(create_backbone("mae-tiny", "random"), spec, _ctx(tmp_path / "b"))
+        run_protocol("imagenet", create_backbone("mae-tiny", "random"), params, _ctx(tmp_path / "b"))
     assert (tmp_path / "b" / "work" / "seed-0" / "iter_5.pth").is_file()
     monkeypatch.setattr(IterBasedTrainLoop, "run_iter", real)
     seed_everything(0)
-    resumed = t.run(create_backbone("mae-tiny", "random"), spec, _ctx(tmp_path / "b"))
+    resumed = run_protocol("imagenet", create_backbone("mae-tiny", "random"), params, _ctx(tmp_path / "b"))
     a, b = _final_state(tmp_path / "a"), _final_state(tmp_path / "b")
     assert a["meta"]["iter"] == b["meta"]["iter"] == 10
     for key in a["state_dict"]:
@@ -204,7 +201,7 @@ def test_two_process_torchrun_finetune_matches_one_process(tmp_path):
     """DDP under torchrun: with the per-iteration randomness off (mixup, drop-path) both runs take the same
     global batches and average the same gradients, so they score the same; rank 0 alone writes."""
     args = ["run", "-b", "mae-tiny", "-t", "imagenet", "--data", "mini", "--weights", "random", "--protocol", "finetune",
-            "--label-fraction", "0.25", "-p", "ft_epochs=1", "-p", "ft_batch_size=16", "-p", "mixup=0.0",
+            "--label-fraction", "0.25", "-p", "epochs=1", "-p", "batch_size=16", "-p", "mixup=0.0",
             "-p", "cutmix=0.0", "-p", "drop_path=0.0"]
     records = {n: run_cli_record(args, tmp_path / str(n), n, 29541) for n in (1, 2)}
     metrics = {n: {m["name"]: m["value"] for m in r["metrics"]} for n, r in records.items()}

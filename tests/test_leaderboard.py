@@ -12,7 +12,8 @@ COLS = ["data", "world", "task", "backbone", "metric", "value", "higher_is_bette
 def frame(rows, world="seed0-small"):
     out = []
     for i, (data, task, backbone, metric, value, hib) in enumerate(rows):
-        out.append(dict(data=data, world=world if data == "mini" else "", task=task, backbone=backbone, metric=metric, value=value, higher_is_better=hib,
+        out.append(dict(data=data, world=world if data == "mini" else "", task=task, backbone=backbone, metric=metric,
+                        value=value, higher_is_better=hib,
                         primary=True, tolerance=0.5, seed=0, weights="random", task_version=1,
                         finished_at=f"2026-01-01T00:00:{i:02d}", split="val"))
     return pd.DataFrame(out, columns=COLS)
@@ -178,7 +179,7 @@ def test_compare_cli_bounds_the_delta_from_record_folders(tmp_path, monkeypatch)
         rec = RunRecord(run_id=run_id, cell_key=run_id * 8, status="ok", started_at="t0", finished_at="2026-01-01T00:00:00",
                         evalsuite_version="0", git_sha=None, git_dirty=None,
                         task={"name": "imagenet", "label": "imagenet/linear", "version": 2, "tolerance": 0.5},
-                        data={"source": "mini", "world": "seed0-small", "root": "/x", "manifest_sha256": "abc"},
+                        data={"source": "mini", "world": "seed0-small", "root": "/x", "identity": "abc"},
                         backbone={"name": "mae-tiny", "label": "mae-tiny", "weights": "random"}, seed=0,
                         metrics=[{"name": "top1", "value": top1, "split": "val", "higher_is_better": True,
                                   "primary": True, "std": None}], per_sample={"top1": scores})

@@ -68,7 +68,7 @@ def test_manifest_lists_every_file(made):
 
 
 def test_imagenet_mini_through_the_task_loader(made):
-    from tasks.imagenet import load_split
+    from tasks.imagenet.data import load_split
 
     train, val = load_split(made["imagenet-mini"], "train", None), load_split(made["imagenet-mini"], "val", None)
     assert train.classes == sorted(datasets.IMAGENET_CLASSES) == val.classes

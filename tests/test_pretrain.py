@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from backbones.mae import (block_masking, norm_pix_target, patchify, pretrain_from_transformers, random_masking,
-                           unpatchify)
+from backbones.mae import norm_pix_target, patchify, pretrain_from_transformers, random_masking, unpatchify
+from backbones.pixio import block_masking
 from evalsuite.checkpoints import create_backbone
 from evalsuite.pretrain import PretrainConfig, pretrain
 from evalsuite.registry import BACKBONES
@@ -55,11 +55,11 @@ def test_mae_objective_equals_transformers_pretraining():
                                     decoder_intermediate_size=128, image_size=32, patch_size=8, mask_ratio=0.75,
                                     norm_pix_loss=True, layer_norm_eps=1e-6)
     ref = transformers.ViTMAEForPreTraining(cfg).eval()
-    from backbones.mae import make_spec, mae_objective
+    from backbones.mae import MaskedAutoencoder, make_spec
     from evalsuite.checkpoints import build_backbone
 
     encoder = build_backbone(make_spec("mae-pt-test", 64, 2, 4, 8, None, None, img_size=32), "random")
-    ours = mae_objective(encoder, decoder_dim=32, decoder_depth=2, decoder_heads=4).eval()
+    ours = MaskedAutoencoder(encoder, decoder_dim=32, decoder_depth=2, decoder_heads=4).eval()
     ours.load_state_dict(pretrain_from_transformers(ref.state_dict()), strict=True)
     x, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
     with torch.no_grad():
@@ -148,7 +148,7 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
                           "-m", "evalsuite", *args, "--out", str(tmp_path / "two")], env=env, capture_output=True,
                          text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
-    loss = lambda d: [json.loads(line)["loss"] for line in (tmp_path / d / "log.jsonl").read_text().splitlines()]  # noqa: E731
+    loss = lambda d: [json.loads(line)["loss"] for line in (tmp_path / d / "log.jsonl").read_text().splitlines()]
     assert loss("one") == pytest.approx(loss("two"), rel=1e-4, abs=1e-5)
     a, b = _final_state(tmp_path / "one" / "checkpoint.pth"), _final_state(tmp_path / "two" / "checkpoint.pth")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-4
@@ -258,7 +258,7 @@ def test_quickstart_pretrains_once_then_evaluates_every_mini_task_next_to_random
                  quickstart.run(tmp_path, run_one=lambda b, t, weights, weights_label, **kw: (b, t, weights, weights_label))]
     assert [c.backbone for c in trained] == ["pixio-tiny", "mae-tiny"]
     assert all(c.image_size == 64 and c.steps == 400 for c in trained)
-    mini_tasks = [t for t in TASKS.names() if TASKS.get(t).spec.mini_dataset]
+    mini_tasks = [t for t in TASKS.names() if TASKS.get(t).mini_dataset]
     assert {t for _, t, _, _ in calls} == set(mini_tasks)
     per_task = [(b, w == "random", label) for b, t, w, label in calls if t == "imagenet"]
     assert sorted(per_task) == sorted([("pixio-tiny", True, None), ("mae-tiny", True, None),

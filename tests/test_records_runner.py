@@ -1,37 +1,48 @@
 import json
 import os
+from dataclasses import dataclass
 
 import pytest
 import torch
 
 from evalsuite import records
-from evalsuite.contracts import Metric, TaskOutput, TaskSpec
+from evalsuite.contracts import Metric, Task, TaskOutput
 from evalsuite.data import DataNotFoundError, resolve_data_root
+from evalsuite.params import ParamError, Params, param
 from evalsuite.records import RunRecord, atomic_write_text, iter_records
 from evalsuite.registry import TASKS
 from evalsuite.runner import RunFailed, run_cell
 
 
-class ProbeTask:
-    """A fast task: the norm of the backbone's global embedding of a fixed image, or a failure."""
+@dataclass(frozen=True)
+class ProbeParams(Params):
+    mode: str = param("ok", "what the probe does", choices=("ok", "nan", "raise"))
+    interval: int = param(0, "an operational setting", min=0, operational=True)
 
-    spec = TaskSpec(name="probe-test", version=3, family="test", primary_metric="score", higher_is_better=True,
-                    tolerance=0.1, selection_split="none", report_split="test", dataset="probe",
-                    params={"mode": "ok"}, choices={"mode": ("ok", "nan", "raise")}, variant_keys=("mode",))
+
+PROBE = Task("probe-test", version=3, family="test", dataset="probe", tolerance=0.1)
+
+
+class ProbeTask:
+    """A fast protocol: the norm of the backbone's global embedding of a fixed image, or a failure."""
+
     calls = 0
 
-    def run(self, backbone, spec, ctx):
+    @staticmethod
+    @PROBE.protocol("probe", ProbeParams, primary_metric="score", higher_is_better=True, selection_split="none",
+                    report_split="test", variant_keys=("mode",))
+    def run(backbone, cfg, ctx):
         ProbeTask.calls += 1
-        if spec.params["mode"] == "raise":
+        if cfg.params.mode == "raise":
             raise RuntimeError("boom")
-        value = float("nan") if spec.params["mode"] == "nan" else backbone.global_embedding(torch.ones(1, 3, 32, 32)).norm().item()
+        value = float("nan") if cfg.params.mode == "nan" else backbone.global_embedding(torch.ones(1, 3, 32, 32)).norm().item()
         return TaskOutput([Metric("score", value, "test", True, primary=True)], {"k": 1})
 
 
 @pytest.fixture(scope="module", autouse=True)
 def probe_task():
     if "probe-test" not in TASKS:
-        TASKS.register("probe-test", ProbeTask)
+        TASKS.register("probe-test", PROBE)
 
 
 def _record(**changes):
@@ -104,8 +115,8 @@ def test_run_writes_record_and_skips_done_cell(tmp_path):
     first = _run(tmp_path)
     assert not first.skipped and first.record.status == "ok"
     rec = first.record
-    assert rec.task["version"] == 3 and rec.task["label"] == "probe-test/ok"
-    assert rec.data["source"] == "real" and len(rec.data["manifest_sha256"]) == 64
+    assert rec.task["version"] == 3 and rec.task["label"] == "probe-test/probe/ok"
+    assert rec.data["source"] == "real" and len(rec.data["identity"]) == 64
     assert rec.backbone == {"name": "pixio-tiny", "label": "pixio-tiny", "weights": "random", "family": "pixio",
                             "num_params": rec.backbone["num_params"]}
     assert rec.environment["torch"] == torch.__version__
@@ -147,9 +158,8 @@ def test_config_file_data_roots(tmp_path, monkeypatch):
 
 
 def test_task_params_are_validated():
-    spec = ProbeTask.spec
-    assert spec.with_params(mode="nan").label == "probe-test/nan"
-    with pytest.raises(ValueError, match="not one of"):
-        spec.with_params(mode="bogus")
-    with pytest.raises(ValueError, match="no parameter"):
-        spec.with_params(lr="1")
+    assert PROBE.resolve({"mode": "nan"}).label == "probe-test/probe/nan"
+    with pytest.raises(ParamError, match="not one of"):
+        PROBE.resolve({"mode": "bogus"})
+    with pytest.raises(ParamError, match="no parameter"):
+        PROBE.resolve({"lr": "1"})

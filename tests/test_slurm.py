@@ -44,6 +44,6 @@ def test_two_task_job_matches_one_process_pretraining(tmp_path, monkeypatch):
                                  "--folder", str(tmp_path / "jobs"), "--", *PRETRAIN, "--out", str(tmp_path / "two")])
     assert result.exit_code == 0, result.output
     assert "submitted job" in result.output and "finished" in result.output
-    loss = lambda d: [json.loads(line)["loss"] for line in (tmp_path / d / "log.jsonl").read_text().splitlines()]  # noqa: E731
+    loss = lambda d: [json.loads(line)["loss"] for line in (tmp_path / d / "log.jsonl").read_text().splitlines()]
     assert len(loss("two")) == 3  # two world-1 processes would both be rank 0 and log every step twice
     assert loss("one") == pytest.approx(loss("two"), rel=1e-4, abs=1e-5)

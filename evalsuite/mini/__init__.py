@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from ..data import MANIFEST, file_sha256, files_digest
-from ..records import atomic_directory
+from ..fileio import atomic_directory
 from ..registry import MINI_DATASETS
 
 Size = Literal["small", "medium", "large"]
@@ -55,13 +55,22 @@ def mini_dir(name: str, size: Size = "small", seed: int = 0) -> Path:
     return cache_root() / f"{name}-v{spec.version}-{world_name(size, seed)}"
 
 
+def renderer() -> str:
+    """The renderer of the mini world: images rendered by two MuJoCo versions are two datasets."""
+    from importlib.metadata import version
+
+    return f"mujoco {version('mujoco')}"
+
+
 def write_manifest(root: Path, meta: dict) -> str:
+    """Every file's sha256; the world's identity hashes them together with the renderer's version."""
     files = {
         str(p.relative_to(root)): file_sha256(p)
         for p in sorted(root.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
-    digest = files_digest(files)
+    meta = {**meta, "renderer": renderer()}
+    digest = files_digest({**files, "<renderer>": meta["renderer"]})
     (root / MANIFEST).write_text(json.dumps({**meta, "sha256": digest, "files": files}, indent=1))
     return digest
 

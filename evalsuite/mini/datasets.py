@@ -16,8 +16,7 @@ from PIL import Image
 
 from . import Size, register_mini
 from .language import captions, confusable, questions, tokens, visible_objects
-from .scenes import (CLASSES, SHAPES, Camera, SceneObject, SceneRenderer, render_scene, sample_camera, sample_objects,
-                     sample_scene)
+from .scenes import CLASSES, SHAPES, Camera, SceneObject, SceneRenderer, render_scene, sample_camera, sample_objects, sample_scene
 
 _IDS = {"imagenet": 1, "nyuv2": 2, "ade20k": 3, "ff3d": 4, "vqa": 5, "retrieval": 6, "pretrain": 7}
 
@@ -90,6 +89,8 @@ NYU_SIZES = {"small": (24, 12), "medium": (120, 40), "large": (600, 120)}
 NYU_FOCAL = 518.8579  # Kinect focal of the NYUv2 480×640 frames; the mini world uses the same camera
 NYU_FOVY = float(np.degrees(2 * np.arctan(240 / NYU_FOCAL)))
 MAT73_HEADER = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Thu Jan  1 00:00:00 2026 HDF5 schema 1.00 ."
+# scipy writes the creation time into a MAT 5 header; a fixed one keeps generated worlds byte-identical
+MAT5_HEADER = b"MATLAB 5.0 MAT-file Platform: posix, Created on: Thu Jan  1 00:00:00 2026"
 
 
 def _nyu_views(count: int, seed: int, split_id: int):
@@ -115,10 +116,17 @@ def _write_mat73(path: Path, datasets: dict[str, np.ndarray]) -> None:
         fh.write(header)
 
 
-@register_mini("nyuv2-mini", version=2, description="NYUv2 labeled .mat + splits.mat and BTS sync layout, 480×640, metres")
-def make_nyuv2(out: Path, size: Size, seed: int) -> None:
+def _write_mat5(path: Path, arrays: dict[str, np.ndarray]) -> None:
     from scipy.io import savemat
 
+    savemat(path, arrays)
+    with open(path, "r+b") as fh:
+        fh.write(MAT5_HEADER.ljust(116, b"\x00"))
+
+
+# v3: splits.mat no longer embeds its creation time (same content, reproducible bytes)
+@register_mini("nyuv2-mini", version=3, description="NYUv2 labeled .mat + splits.mat and BTS sync layout, 480×640, metres")
+def make_nyuv2(out: Path, size: Size, seed: int) -> None:
     n_train, n_test = NYU_SIZES[size]
     train, test = _nyu_views(n_train, seed, 0), _nyu_views(n_test, seed, 1)
     every = train + test
@@ -128,9 +136,9 @@ def make_nyuv2(out: Path, size: Size, seed: int) -> None:
         "depths": np.stack([v.depth.T for _, _, v in every]).astype(np.float32),
         "labels": np.stack([v.semantic.T for _, _, v in every]).astype(np.uint16),
     })
-    savemat(out / "splits.mat", {"trainNdxs": np.arange(1, len(train) + 1)[:, None].astype(np.float64),
+    _write_mat5(out / "splits.mat", {"trainNdxs": np.arange(1, len(train) + 1)[:, None].astype(np.float64),
                                  "testNdxs": np.arange(len(train) + 1, len(every) + 1)[:, None].astype(np.float64)})
-    for split, views, root, list_name, lead in (
+    for _split, views, root, list_name, lead in (
         ("train", train, out / "sync", "nyudepthv2_train_files_with_gt.txt", "/"),
         ("test", test, out / "official_splits" / "test", "nyudepthv2_test_files_with_gt.txt", ""),
     ):
@@ -247,7 +255,7 @@ def _captioned_views(dataset: str, count: int, seed: int, split_id: int, size: i
 def make_vqa(out: Path, size: Size, seed: int) -> None:
     for split_id, (split, count) in enumerate(zip(("train2014", "val2014"), VQA_SIZES[size])):
         qs, anns = [], []
-        for idx, scene, view, visible, rng in _captioned_views("vqa", count, seed, split_id):
+        for idx, _scene, view, visible, rng in _captioned_views("vqa", count, seed, split_id):
             image_id = split_id * 1_000_000 + idx + 1
             _save_jpg(view.rgb, out / split / f"COCO_{split}_{image_id:012d}.jpg")
             for q_i, (question, answer, qtype) in enumerate(questions(visible, rng)):

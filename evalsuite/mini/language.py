@@ -65,7 +65,8 @@ def questions(visible, rng: np.random.Generator, count: int = 6) -> list[tuple[s
         if "colour" not in attrs:
             pool.append((f"What color is the {_describe(o, attrs)}?", o.colour, "query-colour"))
         if "shape" in attrs and len(attrs) > 1:
-            pool.append((f"What shape is the {_describe(o, tuple(a for a in attrs if a != 'shape'))}?", SHAPE_WORDS[o.shape], "query-shape"))
+            others = tuple(a for a in attrs if a != "shape")
+            pool.append((f"What shape is the {_describe(o, others)}?", SHAPE_WORDS[o.shape], "query-shape"))
         pool.append((f"What material is the {_describe(o, attrs)} made of?", o.material, "query-material"))
     if len(colours) >= 2:
         a, b = rng.choice(colours, 2, replace=False)

@@ -151,7 +151,8 @@ def scene_xml(scene: Scene, width: int, height: int, shadows: bool = False, refl
 <visual><global offwidth="{width}" offheight="{height}"/><quality shadowsize="{2048 if shadows else 0}"/>
 <map znear="0.02" zfar="30"/><headlight ambient="0.35 0.35 0.35" diffuse="0.25 0.25 0.25"/></visual>
 <asset>{tex("floor", scene.floor)}{tex("wall", scene.wall)}
-<material name="rubber" specular="0.05" shininess="0.05"/><material name="metal" specular="0.9" shininess="0.9" reflectance="{refl}"/></asset>
+<material name="rubber" specular="0.05" shininess="0.05"/>
+<material name="metal" specular="0.9" shininess="0.9" reflectance="{refl}"/></asset>
 <worldbody>{lights}<geom name="floor" type="plane" size="{h} {h} 0.1" material="floor"/>{walls}{objects}{cams}</worldbody>
 </mujoco>"""
 

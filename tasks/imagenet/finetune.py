@@ -1,5 +1,5 @@
-"""ImageNet end-to-end protocols on mmengine's Runner: ``finetune`` (MAE's recipe), ``partial-ft``
-(last K blocks, MAE §4.3) and ``ln-ft`` (LayerNorm parameters only).
+"""ImageNet end-to-end training on mmengine's Runner, for the ``finetune`` (MAE's recipe), ``partial-ft``
+(last K blocks, MAE §4.3) and ``ln-ft`` (LayerNorm parameters only) protocols.
 
 MAE recipe (PROTOCOLS §2): global-average-pooled last-block patch tokens → ``fc_norm`` (fresh
 LayerNorm, replacing the encoder's final norm) → linear head (trunc-normal std 2e-5); AdamW
@@ -15,7 +15,6 @@ one. The final model is evaluated once on val: no epoch is selected on the repor
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 from pathlib import Path
 
@@ -24,10 +23,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from evalsuite import engine
-from evalsuite.contracts import Backbone, RunContext
-from evalsuite.finetune import (iteration_seed_hook, keyed_global_rng, param_groups, select_trainable, set_drop_path,
-                                transformer_blocks)
+from evalsuite import distributed, engine
+from evalsuite.contracts import Backbone, Preprocess, RunContext
+from evalsuite.finetune import (
+    iteration_seed_hook,
+    keyed_global_rng,
+    param_groups,
+    select_trainable,
+    set_drop_path,
+    transformer_blocks,
+)
 from evalsuite.metrics import topk_accuracy
 
 
@@ -52,13 +57,12 @@ def collate(batch):
     return torch.stack(images), torch.as_tensor(labels)
 
 
-def train_transform(backbone: Backbone, p: dict):
+def train_transform(pre: Preprocess, p):
     """MAE's ``build_transform(is_train=True)``: timm's RandAugment pipeline at the backbone's input size."""
     from timm.data import auto_augment, create_transform
 
-    pre = backbone.meta.preprocess
-    transform = create_transform(pre.size, is_training=True, color_jitter=None, auto_augment=p["randaug"] or None,
-                                 interpolation=pre.interpolation, re_prob=p["reprob"], re_mode="pixel", re_count=1,
+    transform = create_transform(pre.size, is_training=True, color_jitter=None, auto_augment=p.randaug or None,
+                                 interpolation=pre.interpolation, re_prob=p.reprob, re_mode="pixel", re_count=1,
                                  mean=pre.mean, std=pre.std)
     for t in transform.transforms:  # Pillow ≥ 12 rejects the 0-bit posterize that m9-mstd0.5 reaches
         for op in getattr(t, "ops", ()):
@@ -77,13 +81,13 @@ def posterize_keeping_zero_bits(image, bits_to_keep: int, **kwargs):
     return auto_augment.posterize(image, bits_to_keep, **kwargs)
 
 
-def classifier(backbone: Backbone, num_classes: int, p: dict, seed: int):
+def classifier(backbone: Backbone, num_classes: int, p, seed: int):
     """An mmengine `BaseModel`: the backbone, MAE's global-pool readout and the loss of the recipe."""
     from mmengine.model import BaseModel
     from timm.data import Mixup
 
-    use_mix = p["mixup"] > 0 or p["cutmix"] > 0
-    mixup = Mixup(mixup_alpha=p["mixup"], cutmix_alpha=p["cutmix"], label_smoothing=p["label_smoothing"],
+    use_mix = p.mixup > 0 or p.cutmix > 0
+    mixup = Mixup(mixup_alpha=p.mixup, cutmix_alpha=p.cutmix, label_smoothing=p.label_smoothing,
                   num_classes=num_classes) if use_mix else None
     last = backbone.meta.depth - 1
     dim = backbone.meta.embed_dim
@@ -110,7 +114,7 @@ def classifier(backbone: Backbone, num_classes: int, p: dict, seed: int):
             if mixup is not None:
                 images, soft = mixup(images, labels)
                 return {"loss": F.cross_entropy(self.logits(images), soft)}
-            return {"loss": F.cross_entropy(self.logits(images), labels, label_smoothing=p["label_smoothing"])}
+            return {"loss": F.cross_entropy(self.logits(images), labels, label_smoothing=p.label_smoothing)}
 
     return Classifier()
 
@@ -129,31 +133,31 @@ def evaluate(model, dataset: Dataset, ctx: RunContext, batch_size: int) -> dict[
     return topk_accuracy(logits, torch.cat(labels), ks=(1, 5))
 
 
-def run_end_to_end(backbone: Backbone, p: dict, ctx: RunContext, train: Dataset, train_rows: torch.Tensor,
-                   val: Dataset, num_classes: int, seed: int) -> tuple[dict[int, float], dict]:
-    """Train one seed of ``p["protocol"]`` on ``train[train_rows]`` and score the final model on val."""
+def run_end_to_end(backbone: Backbone, p, trainable: str, ctx: RunContext, train: Dataset, train_rows: torch.Tensor,
+                   val: Dataset, num_classes: int, seed: int, preprocess: Preprocess) -> tuple[dict[int, float], dict]:
+    """Train one seed (the ``trainable`` part of the backbone, see `select_trainable`) on
+    ``train[train_rows]`` and score the final model on val."""
     depth = len(transformer_blocks(backbone))
-    select_trainable(backbone, p["protocol"], p["blocks"])
-    if p["drop_path"]:
-        set_drop_path(backbone, p["drop_path"])
+    select_trainable(backbone, trainable, getattr(p, "blocks", 0))
+    if p.drop_path:
+        set_drop_path(backbone, p.drop_path)
     model = classifier(backbone, num_classes, p, seed).to(ctx.device)
-    batch_size = min(p["ft_batch_size"], len(train_rows))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if (p["mixup"] > 0 or p["cutmix"] > 0) and (batch_size // world) % 2:
-        raise ValueError(f"mixup/cutmix pair samples within each process's batch: ft_batch_size {batch_size} over "
+    batch_size = min(p.batch_size, len(train_rows))
+    world = distributed.world_size()
+    if (p.mixup > 0 or p.cutmix > 0) and (batch_size // world) % 2:
+        raise ValueError(f"mixup/cutmix pair samples within each process's batch: batch_size {batch_size} over "
                          f"{world} process(es) must give an even per-process batch")
     steps_per_epoch = max(1, len(train_rows) // batch_size)
-    iters = max(2, p["ft_epochs"] * steps_per_epoch)
-    lr = p["blr"] * batch_size / 256
-    groups = param_groups(model, lr=lr, weight_decay=p["ft_weight_decay"], layer_decay=p["layer_decay"], depth=depth)
-    trainset = AugmentedImages(Subset(train, train_rows.tolist()), train_transform(backbone, p), seed)
+    iters = max(2, p.epochs * steps_per_epoch)
+    lr = p.blr * batch_size / 256
+    groups = param_groups(model, lr=lr, weight_decay=p.weight_decay, layer_decay=p.layer_decay, depth=depth)
+    trainset = AugmentedImages(Subset(train, train_rows.tolist()), train_transform(preprocess, p), seed)
     work_dir = Path(ctx.work_dir or tempfile.mkdtemp(prefix="evalsuite-")) / f"seed-{seed}"
-    rank = int(os.environ.get("RANK", "0"))
     model = engine.train(model, trainset, collate=collate, batch_size=batch_size, iters=iters, lr=lr,
-                         weight_decay=p["ft_weight_decay"], warmup_iters=p["warmup_epochs"] * steps_per_epoch,
-                         work_dir=work_dir, seed=seed, resume=True, checkpoint_interval=p["checkpoint_interval"],
-                         amp_dtype=ctx.amp_dtype, schedule="cosine", min_lr_ratio=min(1.0, p["min_lr"] / lr),
-                         param_groups=groups, hooks=[iteration_seed_hook(seed, rank)])
+                         weight_decay=p.weight_decay, warmup_iters=p.warmup_epochs * steps_per_epoch,
+                         work_dir=work_dir, seed=seed, resume=True, checkpoint_interval=p.checkpoint_interval,
+                         amp_dtype=ctx.amp_dtype, schedule="cosine", min_lr_ratio=min(1.0, p.min_lr / lr),
+                         param_groups=groups, hooks=[iteration_seed_hook(seed, distributed.rank())])
     acc = evaluate(model, val, ctx, batch_size=ctx.batch_size)
     trainable = sum(t.numel() for t in model.parameters() if t.requires_grad)
     return acc, {"iterations": iters, "lr": lr, "trainable_params": trainable, "epochs": math.ceil(iters / steps_per_epoch)}
