@@ -20,6 +20,9 @@ from .vit import ViT, from_transformers, is_transformers_layout, resample_bicubi
 
 NUM_CLS = 8
 PREPROCESS = Preprocess(size=(256, 256), resize="squash", interpolation="bicubic")
+# Pixio's eval_knn.py: Resize(256, bicubic) of the short side, then CenterCrop(256), where its other
+# evaluations squash the image
+KNN_PREPROCESS = Preprocess(size=(256, 256), resize="resize-crop", resize_size=256, interpolation="bicubic")
 # Keys a pretraining checkpoint (ours) carries beside the encoder; dropped on purpose.
 PRETRAIN_ONLY = (r"decoder.*", r"mask_token")
 
@@ -102,10 +105,11 @@ class PixioObjective(MaskedAutoencoder):
 
 
 def make_spec(name: str, dim: int, depth: int, heads: int, file: str | None, hf: str | None,
-          img_size: int = 256, patch: int = 16, preprocess: Preprocess = PREPROCESS,
-              decoder: dict | None = None) -> BackboneSpec:
+              img_size: int = 256, patch: int = 16, preprocess: Preprocess = PREPROCESS,
+              knn_preprocess: Preprocess = KNN_PREPROCESS, decoder: dict | None = None) -> BackboneSpec:
     meta = BackboneMeta(name=name, family="pixio", patch_size=patch, embed_dim=dim, depth=depth,
-                        num_cls_tokens=NUM_CLS, preprocess=preprocess, default_layers=dense_layers(depth))
+                        num_cls_tokens=NUM_CLS, preprocess=preprocess, default_layers=dense_layers(depth),
+                        protocol_preprocess={"knn": knn_preprocess})
     return BackboneSpec(
         name=name, family="pixio",
         build=lambda: Pixio(meta, img_size=img_size, num_heads=heads, resample=resample_bicubic),
@@ -125,4 +129,5 @@ for _size, (_dim, _depth, _heads) in {
 # more time, 4×96 beat 2×128 by ≈3 top-1 on the seed-0 mini world, δ1 unchanged.
 register_backbone(make_spec("pixio-tiny", 192, 8, 3, None, None, img_size=128, patch=8,
                             preprocess=Preprocess(size=(128, 128), resize="squash", interpolation="bicubic"),
+                            knn_preprocess=Preprocess(size=(128, 128), resize="resize-crop", resize_size=128),
                             decoder={"decoder_dim": 96, "decoder_depth": 4, "decoder_heads": 4}))

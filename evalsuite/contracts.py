@@ -184,6 +184,7 @@ class Metric:
     higher_is_better: bool
     primary: bool = False
     std: float | None = None
+    definition: str | None = None  # where conventions differ between references (silog, mIoU over absent classes)
 
 
 @dataclass
@@ -320,7 +321,10 @@ class Task:
                                         owner=f"{key} {chosen[key]!r}")
         return TaskConfig(task=self, protocol=proto, params=params, components=components, mini=mini)
 
-    def data_source(self, data: str, data_root: str | Path | None, mini_size: str, mini_seed: int) -> DataSource:
+    def data_source(self, data: str, data_root: str | Path | None, mini_size: str, mini_seed: int,
+                    config: TaskConfig) -> DataSource:
+        """The data a cell of ``config`` reads (a task whose data depends on its parameters, e.g. which
+        dataset or which simulated tasks, looks at ``config``)."""
         from .data import folder_source, mini_source
 
         if data == "mini":

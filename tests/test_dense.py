@@ -122,10 +122,10 @@ def test_resume_after_kill_gives_identical_metrics(tmp_path, monkeypatch):
 
 def test_two_process_torchrun_dense_head_matches_one_process(tmp_path):
     """The frozen backbone and a DPT head (no BatchNorm) under DDP see the same global batches as one
-    process; rank 0 alone writes the record. SiLog is a statistic of each process's batch (as in every
-    DDP depth trainer), so the numbers are close rather than equal."""
+    process; rank 0 alone writes the record. SiLog is a statistic of each loss group (Pixio's per-GPU
+    batch); with a group of 2, one process groups its batch of 4 as the two processes do."""
     args = ["run", "-b", "pixio-tiny", "-t", "nyuv2", "--data", "mini", "--weights", "random", "--head", "dpt",
-            "-p", "epochs=1", "-p", "batch_size=4", "-p", "features=32"]
+            "-p", "epochs=1", "-p", "batch_size=4", "-p", "features=32", "-p", "loss_group=2"]
     metrics = {n: {m["name"]: m["value"] for m in run_cli_record(args, tmp_path / str(n), n, 29547)["metrics"]}
                for n in (1, 2)}
     assert metrics[1] == pytest.approx(metrics[2], rel=0.02)

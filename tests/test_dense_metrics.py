@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from evalsuite.metrics import EIGEN_CROP, SegmentationMeter, depth_metrics, eigen_crop_mask
+from evalsuite.metrics import DINOV2_DEPTH, EIGEN_CROP, PIXIO_DEPTH, SegmentationMeter, depth_metrics, eigen_crop_mask
 
 
 def test_rmse_is_the_mean_of_per_image_rmses():
@@ -51,9 +51,11 @@ def test_delta_threshold_is_strict():
 def test_silog_and_log_metrics_by_hand():
     gt = torch.ones(1, 1, 20)
     pred = torch.tensor([[[math.e] * 10 + [1.0] * 10]])
-    m = depth_metrics(pred, gt)
-    # e = [1]*10 + [0]*10: mean e² = 0.5, mean e = 0.5 → silog = sqrt(0.5 − 0.25) = 0.5
-    assert m["silog"] == pytest.approx(0.5)
+    m = depth_metrics(pred, gt, convention=DINOV2_DEPTH)
+    # e = [1]*10 + [0]*10: mean e² = 0.5, mean e = 0.5 → DINOv2's toolbox: 100·sqrt(0.5 − 0.25) = 50
+    assert m["silog"] == pytest.approx(50.0)
+    # Pixio's eval_depth: sqrt(0.5 − 0.5·0.25), no ×100
+    assert depth_metrics(pred, gt, convention=PIXIO_DEPTH)["silog"] == pytest.approx(math.sqrt(0.375))
     assert m["rmse_log"] == pytest.approx(math.sqrt(0.5))
     assert m["log10"] == pytest.approx(0.5 * math.log10(math.e))
 

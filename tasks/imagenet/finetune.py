@@ -153,11 +153,13 @@ def run_end_to_end(backbone: Backbone, p, trainable: str, ctx: RunContext, train
     groups = param_groups(model, lr=lr, weight_decay=p.weight_decay, layer_decay=p.layer_decay, depth=depth)
     trainset = AugmentedImages(Subset(train, train_rows.tolist()), train_transform(preprocess, p), seed)
     work_dir = Path(ctx.work_dir or tempfile.mkdtemp(prefix="evalsuite-")) / f"seed-{seed}"
+    # MAE's lr_sched: per iteration, linear warm-up from 0, then half-cosine to min_lr over the rest
+    schedule = engine.Schedule("cosine", iters, warmup_iters=min(p.warmup_epochs * steps_per_epoch, iters - 1),
+                               warmup_ratio=0.0, min_ratio=min(1.0, p.min_lr / lr))
     model = engine.train(model, trainset, collate=collate, batch_size=batch_size, iters=iters, lr=lr,
-                         weight_decay=p.weight_decay, warmup_iters=p.warmup_epochs * steps_per_epoch,
-                         work_dir=work_dir, seed=seed, resume=True, checkpoint_interval=p.checkpoint_interval,
-                         amp_dtype=ctx.amp_dtype, schedule="cosine", min_lr_ratio=min(1.0, p.min_lr / lr),
-                         param_groups=groups, hooks=[iteration_seed_hook(seed, distributed.rank())])
+                         weight_decay=p.weight_decay, schedule=schedule, work_dir=work_dir, seed=seed, resume=True,
+                         checkpoint_interval=p.checkpoint_interval, amp_dtype=ctx.amp_dtype, param_groups=groups,
+                         hooks=[iteration_seed_hook(seed, distributed.rank())])
     acc = evaluate(model, val, ctx, batch_size=ctx.batch_size)
     trainable = sum(t.numel() for t in model.parameters() if t.requires_grad)
     return acc, {"iterations": iters, "lr": lr, "trainable_params": trainable, "epochs": math.ceil(iters / steps_per_epoch)}

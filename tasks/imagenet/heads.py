@@ -53,60 +53,107 @@ def dinov2_grid() -> list[HeadConfig]:
     return [HeadConfig(n, pool, lr) for n in (1, N_LAST) for pool in (False, True) for lr in LINEAR_LRS]
 
 
+class HeadSweep:
+    """Every head of a grid trained together on batches of (mean CLS / patch) features.
+
+    Heads that read the same input share one weight tensor (Din × heads × C): a step is one GEMM for
+    the logits and one for the gradient of all of them. The cross-entropy gradient is written out
+    (softmax − one-hot) and momentum SGD is applied in place, so that the GEMMs, not autograd's
+    bookkeeping, take the time. A head's init depends only on (seed, its input).
+    """
+
+    def __init__(self, sample: torch.Tensor, num_classes: int, configs: list[HeadConfig], batch_size: int, seed: int,
+                 momentum: float = 0.9):
+        self.configs, self.momentum = configs, momentum
+        self.groups: dict[tuple[int, bool], list[int]] = {}
+        for i, c in enumerate(configs):
+            self.groups.setdefault((c.n_blocks, c.avgpool), []).append(i)
+        self.params = {}
+        for (n, pool), idx in self.groups.items():
+            din = HeadConfig(n, pool, 0).inputs(sample[:1].float()).shape[1]
+            gen = torch.Generator().manual_seed(seed * 1009 + n * 2 + int(pool))
+            w0 = torch.randn(din, num_classes, generator=gen) * 0.01
+            W = w0[:, None, :].expand(-1, len(idx), -1).contiguous()
+            b = torch.zeros(len(idx), num_classes)
+            lrs = torch.tensor([configs[i].lr * batch_size / 256 for i in idx])
+            self.params[(n, pool)] = (W, b, lrs, torch.zeros_like(W), torch.zeros_like(b))
+
+    def step(self, x_all: torch.Tensor, y: torch.Tensor, scale: float) -> None:
+        """One SGD step of every head on a batch, at ``scale`` × each head's lr."""
+        B, momentum = len(y), self.momentum
+        for (n, pool), (W, b, lrs, buf_w, buf_b) in self.params.items():
+            x = HeadConfig(n, pool, 0).inputs(x_all)
+            D, H, C = W.shape
+            probs = torch.addmm(b.view(1, H * C), x, W.view(D, H * C)).view(B, H, C).softmax(dim=-1)
+            probs.scatter_add_(2, y.view(B, 1, 1).expand(B, H, 1), torch.full((B, H, 1), -1.0))  # ∂CE/∂logits
+            buf_w.view(D, H * C).addmm_(x.t(), probs.view(B, H * C), beta=momentum, alpha=1 / B)
+            buf_b.mul_(momentum).add_(probs.sum(dim=0), alpha=1 / B)
+            W.addcmul_(buf_w, (lrs * scale).view(1, H, 1), value=-1)
+            b.addcmul_(buf_b, (lrs * scale).view(H, 1), value=-1)
+
+    def heads(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(W Din×C, b C) per config, in the grid's order."""
+        out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.configs)
+        for key, idx in self.groups.items():
+            W, b = self.params[key][0], self.params[key][1]
+            for j, i in enumerate(idx):
+                out[i] = (W[:, j].contiguous(), b[j].clone())
+        return out  # type: ignore[return-value]
+
+
+def cosine(step: int, total: int) -> float:
+    return 0.5 * (1 + math.cos(math.pi * step / total))
+
+
 def train_linear_heads(
     feats: torch.Tensor, labels: torch.Tensor, num_classes: int, configs: list[HeadConfig], *,
     epochs: int, batch_size: int, seed: int, momentum: float = 0.9, indices: torch.Tensor | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Train every head in one pass over ``feats[indices]`` (all rows by default; the features may be
     an fp16 memory map: only each batch is read and converted); returns (W Din×C, b C) per config.
-
-    Heads that read the same input share one weight tensor (Din × heads × C): a step is one GEMM for
-    the logits and one for the gradient of all of them. The cross-entropy gradient is written out
-    (softmax − one-hot) and momentum SGD is applied in place, so that the GEMMs, not autograd's
-    bookkeeping, take the time. A head's init and batch order depend only on (seed, its input), so
-    it ends where the same head trained alone would.
-    """
-    groups: dict[tuple[int, bool], list[int]] = {}
-    for i, c in enumerate(configs):
-        groups.setdefault((c.n_blocks, c.avgpool), []).append(i)
-    params = {}
-    for (n, pool), idx in groups.items():
-        din = HeadConfig(n, pool, 0).inputs(feats[:1].float()).shape[1]
-        gen = torch.Generator().manual_seed(seed * 1009 + n * 2 + int(pool))
-        w0 = torch.randn(din, num_classes, generator=gen) * 0.01
-        W = w0[:, None, :].expand(-1, len(idx), -1).contiguous()
-        b = torch.zeros(len(idx), num_classes)
-        lrs = torch.tensor([configs[i].lr * batch_size / 256 for i in idx])
-        params[(n, pool)] = (W, b, lrs, torch.zeros_like(W), torch.zeros_like(b))
+    SGD with momentum, lr × batch/256, cosine to 0 per iteration; the batch order depends only on the
+    seed, so each head ends where the same head trained alone would."""
     rows = torch.arange(feats.shape[0]) if indices is None else indices
     n_samples = len(rows)
     batch_size = min(batch_size, n_samples)
-    steps_per_epoch = math.ceil(n_samples / batch_size)
-    total, step = epochs * steps_per_epoch, 0
+    sweep = HeadSweep(feats, num_classes, configs, batch_size, seed, momentum)
+    total, step = epochs * math.ceil(n_samples / batch_size), 0
     order_gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         perm = rows[torch.randperm(n_samples, generator=order_gen)]
         for start in range(0, n_samples, batch_size):
             batch = perm[start : start + batch_size]
-            x_all, y = feats[batch].float(), labels[batch]
-            B = len(batch)
-            scale = 0.5 * (1 + math.cos(math.pi * step / total))
-            for (n, pool), (W, b, lrs, buf_w, buf_b) in params.items():
-                x = HeadConfig(n, pool, 0).inputs(x_all)
-                D, H, C = W.shape
-                probs = torch.addmm(b.view(1, H * C), x, W.view(D, H * C)).view(B, H, C).softmax(dim=-1)
-                probs.scatter_add_(2, y.view(B, 1, 1).expand(B, H, 1), torch.full((B, H, 1), -1.0))  # ∂CE/∂logits
-                buf_w.view(D, H * C).addmm_(x.t(), probs.view(B, H * C), beta=momentum, alpha=1 / B)
-                buf_b.mul_(momentum).add_(probs.sum(dim=0), alpha=1 / B)
-                W.addcmul_(buf_w, (lrs * scale).view(1, H, 1), value=-1)
-                b.addcmul_(buf_b, (lrs * scale).view(H, 1), value=-1)
+            sweep.step(feats[batch].float(), labels[batch], cosine(step, total))
             step += 1
-    out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(configs)
-    for key, idx in groups.items():
-        W, b = params[key][0], params[key][1]
-        for j, i in enumerate(idx):
-            out[i] = (W[:, j].contiguous(), b[j].clone())
-    return out  # type: ignore[return-value]
+    return sweep.heads()
+
+
+def train_linear_heads_augmented(
+    backbone: Backbone, images, rows: torch.Tensor, num_classes: int, configs: list[HeadConfig], *, epochs: int,
+    batch_size: int, seed: int, ctx, sample: torch.Tensor,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """DINOv2's exact linear protocol: every iteration extracts the features of freshly augmented
+    images (``images[i]`` is the augmented view of (index, epoch)) with the frozen backbone, so
+    nothing is cached. ``sample``: one row of features, for the heads' input sizes."""
+    n_samples = len(rows)
+    batch_size = min(batch_size, n_samples)
+    sweep = HeadSweep(sample, num_classes, configs, batch_size, seed)
+    total, step = epochs * math.ceil(n_samples / batch_size), 0
+    order_gen = torch.Generator().manual_seed(seed)
+    backbone.eval()
+    for epoch in range(epochs):
+        perm = rows[torch.randperm(n_samples, generator=order_gen)]
+        for start in range(0, n_samples, batch_size):
+            batch = [images[(int(i), epoch)] for i in perm[start : start + batch_size]]
+            x = torch.stack([image for image, _ in batch]).to(ctx.device)
+            y = torch.tensor([label for _, label in batch])
+            with torch.inference_mode(), ctx.autocast():
+                feats = linear_features(backbone, x).float().cpu()
+            if not torch.isfinite(feats).all():
+                raise FloatingPointError("non-finite features from the backbone")
+            sweep.step(feats, y, cosine(step, total))
+            step += 1
+    return sweep.heads()
 
 
 def heldout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,7 +194,7 @@ def lars_step(params: list[torch.Tensor], grads: list[torch.Tensor], buffers: li
 def train_mae_linear_head(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, rows: torch.Tensor, *,
                           epochs: int, batch_size: int, blr: float, warmup_epochs: int, seed: int):
     """MAE's linear probe on the last block's (mean) CLS token: BatchNorm1d(affine=False, eps 1e-6)
-    then a linear layer (trunc-normal std 0.01), LARS, lr = blr·batch/256, per-iteration linear warm-up
+    then a linear layer (normal std 0.01), LARS, lr = blr·batch/256, per-iteration linear warm-up
     then half-cosine to 0. On cached features BatchNorm's statistics are those of the training rows
     (what its running estimates converge to); the returned (W, b) fold them in, so they act on raw
     features like the sweep's heads."""
@@ -155,7 +202,8 @@ def train_mae_linear_head(feats: torch.Tensor, labels: torch.Tensor, num_classes
     mean, var = feature_statistics(feats, rows, config)
     inv_std = (var + 1e-6).rsqrt()
     gen = seeded(seed, 23)
-    W = torch.nn.init.trunc_normal_(torch.empty(len(mean), num_classes), std=0.01, a=-0.02, b=0.02, generator=gen)
+    # MAE calls timm 0.3.2's trunc_normal_(std=0.01) whose bounds ±2 are absolute: effectively untruncated
+    W = torch.nn.init.trunc_normal_(torch.empty(len(mean), num_classes), std=0.01, a=-2.0, b=2.0, generator=gen)
     b = torch.zeros(num_classes)
     W.requires_grad_(True)
     b.requires_grad_(True)
