@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -21,9 +22,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from . import EvalsuiteWarning
 from .contracts import Backbone, Preprocess, RunContext
+from .data import hash_file
 from .features import track
-from .fileio import atomic_directory
+from .fileio import atomic_directory, sweep_partials
 
 EXTRACTOR_VERSION = 1
 
@@ -44,15 +47,34 @@ def feature_key(backbone: Backbone, reducer: str, data_identity: str, split: str
 def cached_features(backbone: Backbone, dataset: Dataset, ctx: RunContext, reduce: Callable, reducer: str,
                     split: str, preprocess: Preprocess) -> tuple[torch.Tensor, torch.Tensor]:
     """(features N×… fp16, memory-mapped; labels N) of ``split`` of the run's data, read through
-    ``preprocess`` (the data identity and the transform are in the key), extracting on a miss."""
+    ``preprocess`` (the data identity and the transform are in the key), extracting on a miss.
+
+    Every cached array's sha256 is stored at write time and checked on every read: a file changed
+    or truncated after the fact is evicted and extracted again, never used."""
     dtype = str(ctx.amp_dtype or torch.float32).removeprefix("torch.")
     key = feature_key(backbone, reducer, ctx.data.identity, split, dtype, preprocess)
     folder = cache_root() / key[:2] / key
+    sweep_partials(folder.parent)
+    if (folder / "meta.json").is_file() and not _intact(folder):
+        warnings.warn(f"cached features {folder} do not match their checksums: evicted, extracting again",
+                      EvalsuiteWarning, stacklevel=2)
+        shutil.rmtree(folder)
     if not (folder / "meta.json").is_file():
         _extract_to(folder, backbone, dataset, ctx, reduce, reducer, split)
     feats = np.load(folder / "features.npy", mmap_mode="c")  # copy-on-write: torch wants a writable array
     labels = np.load(folder / "labels.npy")
     return torch.from_numpy(feats), torch.from_numpy(labels)
+
+
+ARRAYS = ("features.npy", "labels.npy")
+
+
+def _intact(folder: Path) -> bool:
+    try:
+        expected = json.loads((folder / "meta.json").read_text())["sha256"]
+        return all(hash_file(folder / name) == expected[name] for name in ARRAYS)
+    except (OSError, KeyError, ValueError):
+        return False
 
 
 @torch.inference_mode()
@@ -64,6 +86,12 @@ def _extract_to(folder: Path, backbone, dataset, ctx, reduce, reducer: str, spli
         for images, targets in track(ctx, loader, f"{split} features", total=len(loader)):
             with ctx.autocast():
                 out = reduce(backbone, images.to(ctx.device, non_blocking=True)).float().cpu().numpy()
+            if not np.isfinite(out).all():
+                raise FloatingPointError(f"{backbone.meta.name} gave non-finite {split} features (rows {row}–"
+                                         f"{row + len(out) - 1}): the run is failed and nothing is cached")
+            if np.abs(out).max() > np.finfo(np.float16).max:
+                raise FloatingPointError(f"{backbone.meta.name}'s {split} features exceed the fp16 range of the cache "
+                                         f"(max |x| = {np.abs(out).max():.3g})")
             if feats is None:
                 feats = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16,
                                                   shape=(len(dataset), *out.shape[1:]))
@@ -73,8 +101,9 @@ def _extract_to(folder: Path, backbone, dataset, ctx, reduce, reducer: str, spli
         feats.flush()
         del feats
         np.save(tmp / "labels.npy", labels)
+        sums = {name: hash_file(tmp / name) for name in ARRAYS}
         (tmp / "meta.json").write_text(json.dumps({"backbone": backbone.meta.name, "weights": backbone.meta.weights,
-                                                   "reducer": reducer, "split": split, "n": len(dataset)}))
+                                                   "reducer": reducer, "split": split, "n": len(dataset), "sha256": sums}))
 
 
 def entries() -> list[dict]:
@@ -86,7 +115,10 @@ def entries() -> list[dict]:
 
 
 def remove(match: str | None = None) -> int:
-    """Delete entries whose key starts with, or whose backbone equals, ``match`` (all if None)."""
+    """Delete entries whose key starts with, or whose backbone equals, ``match`` (all if None; an
+    empty string matches nothing, so an unset shell variable never wipes the cache)."""
+    if match is not None and not match.strip():
+        raise ValueError("an empty match would select every entry: name a key prefix or a backbone, or pass --all")
     gone = 0
     for entry in entries():
         if match is None or entry["key"].startswith(match) or entry["backbone"] == match:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -69,20 +70,26 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle.UnpicklingError and friends, re-raised with the reason
+    except Exception as exc:  # pickle.UnpicklingError, truncated zip, … (torch's text suggests unsafe loading: not ours)
         raise CheckpointError(
-            f"{path} cannot be loaded with weights_only=True (it needs code execution or is not a "
-            f"torch checkpoint): {str(exc).splitlines()[0]}"
-        ) from exc
+            f"{path} is not a checkpoint evalsuite can read safely ({type(exc).__name__}): a torch file of tensors "
+            "(loaded with weights_only=True, which never runs code) or .safetensors; a file that needs code execution "
+            "must be converted by its owner"
+        ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
     return obj
 
 
-def load_strict(model: torch.nn.Module, state: StateDict, ignore: Iterable[str] = (), source: str = "checkpoint") -> None:
-    """Load ``state`` into ``model`` demanding an exact key and shape match."""
+def load_strict(model: torch.nn.Module, state: StateDict, ignore: Iterable[str] = (), source: str = "checkpoint") -> dict:
+    """Load ``state`` into ``model`` demanding an exact key, shape and dtype-class match (a floating
+    parameter takes floating values: an integer or boolean tensor is refused; float16/bfloat16 into
+    float32 is converted). Returns the checkpoint's dtypes of floating parameters (for the record)."""
     patterns = [re.compile(p) for p in ignore]
     state = {k: v for k, v in state.items() if not any(p.fullmatch(k) for p in patterns)}
+    not_tensors = sorted(f"{k} ({type(v).__name__})" for k, v in state.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise CheckpointError(f"{source}: values that are not tensors {_short(not_tensors)}")
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -91,6 +98,12 @@ def load_strict(model: torch.nn.Module, state: StateDict, ignore: Iterable[str] 
         for k in set(state) & set(expected)
         if state[k].shape != expected[k].shape
     )
+    wrong_dtype = sorted(
+        f"{k}: checkpoint {state[k].dtype} vs model {expected[k].dtype}"
+        for k in set(state) & set(expected)
+        if state[k].dtype.is_floating_point != expected[k].dtype.is_floating_point
+        or state[k].dtype.is_complex != expected[k].dtype.is_complex
+    )
     problems = []
     if missing:
         problems.append(f"missing keys {_short(missing)}")
@@ -98,9 +111,12 @@ def load_strict(model: torch.nn.Module, state: StateDict, ignore: Iterable[str] 
         problems.append(f"unexpected keys {_short(unexpected)}")
     if wrong_shape:
         problems.append(f"wrong shapes {_short(wrong_shape)}")
+    if wrong_dtype:
+        problems.append(f"wrong dtypes {_short(wrong_dtype)}")
     if problems:
         raise CheckpointError(f"{source} does not match {type(model).__name__}: " + "; ".join(problems))
     model.load_state_dict(state, strict=True)
+    return dict(Counter(str(v.dtype).removeprefix("torch.") for v in state.values() if v.dtype.is_floating_point))
 
 
 def _short(items: list[str], limit: int = 8) -> str:
@@ -122,7 +138,12 @@ def resolve_weights(spec: BackboneSpec, weights: str | None) -> Path | None:
         raise CheckpointError(f"{spec.name}: no weights found: {where}, or pass --weights PATH{hub} or --weights random")
     if weights.startswith("hf-hub:"):
         return _download_hub(weights.removeprefix("hf-hub:"))
-    return Path(weights).expanduser()
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        raise CheckpointError(f"--weights {path} is a directory: give the checkpoint file (.pth, .pt or .safetensors)")
+    if not path.is_file():
+        raise CheckpointError(f"--weights {path}: no such file")
+    return path
 
 
 def _download_hub(repo: str) -> Path:
@@ -151,8 +172,9 @@ def build_backbone(spec: BackboneSpec, weights: str | None = None) -> Backbone:
     model = spec.build()
     if path is not None:
         state = spec.convert(read_state_dict(path))
-        load_strict(model, state, spec.ignore, source=str(path))
+        dtypes = load_strict(model, state, spec.ignore, source=str(path))
         model.meta = dataclasses.replace(model.meta, weights=file_sha256(path))
+        model.checkpoint_dtypes = dtypes
     model.eval()
     return model
 

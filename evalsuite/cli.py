@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -46,7 +48,7 @@ def _run_one(backbone, task, *, weights, data, data_root, mini_size, mini_seed, 
     from .runner import RunFailed, run_cell
 
     try:
-        with _progress() as progress:
+        with _progress() as progress, _warnings_to_stderr():
             return run_cell(backbone, task, weights=weights, data=data, data_root=data_root, mini_size=mini_size,
                             mini_seed=mini_seed, seed=seed, params=params, out_dir=out, force=force, batch_size=batch_size,
                             device=device, progress=progress)
@@ -54,6 +56,20 @@ def _run_one(backbone, task, *, weights, data, data_root, mini_size, mini_seed, 
         _fail(f"{exc} (record: {exc.path})", code=1)
     except _user_errors() as exc:
         _fail(str(exc))
+
+
+@contextmanager
+def _warnings_to_stderr():
+    """evalsuite's own warnings (an evicted cache entry, a discarded checkpoint) as one line each."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            from . import EvalsuiteWarning
+
+            for text in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, EvalsuiteWarning)):
+                err.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
 
 
 def _print_record(result) -> None:
@@ -66,7 +82,7 @@ def _print_record(result) -> None:
         name = f"[bold]{m['name']}[/]" if m["primary"] else m["name"]
         value = f"{m['value']:.4g}" + (f" ± {m['std']:.2g}" if m.get("std") is not None else "")
         table.add_row(name, m["split"], value)
-    console.print(table)
+    _print_table(table)
     if rec.selected:
         console.print(f"selected: {rec.selected}", highlight=False)
     console.print(f"record: {result.path}", highlight=False)
@@ -120,12 +136,13 @@ def leaderboard(
     tidy_csv: Optional[Path] = typer.Option(None, help="Also write the tidy long CSV here."),
 ):
     """Pivot backbone × task of primary metrics; mini-world results in their own table."""
-    from .leaderboard import latest, load_tidy, pivots, render
+    from .leaderboard import failed_attempts, latest, pivots, render
 
-    try:
-        frame = load_tidy(results)
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+    frame = _load_results(results)
+    for attempt in failed_attempts(results):
+        newer = "a newer attempt" if attempt["good_record"] else "the only attempt"
+        err.print(f"[yellow]warning:[/] {attempt['backbone']} × {attempt['task']}: {newer} failed at {attempt['finished_at']}"
+                  f" ({attempt['error']}; record: {attempt['path']})", highlight=False, soft_wrap=True)
     if tidy_csv is not None:
         latest(frame).to_csv(tidy_csv, index=False)
     tables, stds = pivots(frame), pivots(frame, "std")
@@ -137,6 +154,52 @@ def leaderboard(
         sys.stdout.write(render(tables, format, stds) + "\n")
     else:
         _fail(f"unknown format {format!r}: table|csv|md|html")
+
+
+def _load_results(source: Path):
+    """A results folder or CSV as a tidy frame; every file that is not a readable record is named."""
+    from .leaderboard import load_tidy
+
+    try:
+        frame = load_tidy(source)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    for reason in frame.attrs.get("skipped", []):
+        err.print(f"[yellow]warning:[/] skipped {reason}", highlight=False, soft_wrap=True)
+    return frame
+
+
+def _print_frame(frame, title: str, styles: dict | None = None) -> None:
+    """A rich table of ``frame``; names never truncated (folded on a narrow terminal, full width off one)."""
+    out = Table(title=title)
+    for col in frame.columns:
+        out.add_column(str(col), overflow="fold")
+    styles = styles or {}
+    for _, row in frame.iterrows():
+        cells = []
+        for col, v in row.items():
+            text = "—" if isinstance(v, float) and v != v else f"{v:.4g}" if isinstance(v, float) else str(v)
+            cells.append(styles[col](v) if col in styles else text)
+        out.add_row(*cells)
+    _print_table(out)
+
+
+def _print_table(table: Table) -> None:
+    if console.is_terminal:
+        console.print(table)
+    else:  # pipes and CI: as wide as the table needs, so no name is folded or cut
+        console.print(table, width=max(console.width, console.measure(table).maximum), crop=False)
+
+
+def _machine_output(frame, fmt: str) -> bool:
+    """``csv``/``json`` to stdout for scripts (True), ``table`` for people (False)."""
+    if fmt == "csv":
+        sys.stdout.write(frame.to_csv(index=False))
+    elif fmt == "json":
+        sys.stdout.write(frame.to_json(orient="records", indent=1) + "\n")
+    elif fmt != "table":
+        _fail(f"unknown format {fmt!r}: table|csv|json")
+    return fmt != "table"
 
 
 def _print_pivots(tables, stds=None) -> None:
@@ -151,59 +214,48 @@ def _print_pivots(tables, stds=None) -> None:
         for name, row in table.iterrows():
             out.add_row(name, *(format_cell(v, None if spread is None else spread.at[name, col], ".4g")
                                 for col, v in row.items()))
-        console.print(out)
+        _print_table(out)
 
 
 @app.command()
 def compare(a: Path = typer.Argument(..., help="Results A (folder or CSV)."),
-            b: Path = typer.Argument(..., help="Results B (folder or CSV).")):
+            b: Path = typer.Argument(..., help="Results B (folder or CSV)."),
+            format: str = typer.Option("table", "--format", "-f", help="table|csv|json")):
     """Per-task, per-metric deltas B − A; the better side follows each metric's direction.
 
     Where both sides are record folders with per-sample scores on the same data (ImageNet on frozen
     features), ci95_low/ci95_high bound the delta: a paired bootstrap over the test images."""
     from .leaderboard import compare as compare_frames
-    from .leaderboard import load_samples, load_tidy
+    from .leaderboard import load_samples
 
+    frame_a, frame_b = _load_results(a), _load_results(b)
     try:
-        frame_a, frame_b = load_tidy(a), load_tidy(b)
         table = compare_frames(frame_a, frame_b, load_samples(a, frame_a), load_samples(b, frame_b))
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
-    out = Table(title=f"A = {a}   B = {b}")
-    for col in table.columns:
-        out.add_column(str(col))
+    if _machine_output(table, format):
+        return
     marks = {"a": "[red]A[/]", "b": "[green]B[/]", "=": "=", "?": "?"}
-    better = list(table.columns).index("better")
-    for _, row in table.iterrows():
-        cells = ["—" if isinstance(v, float) and v != v else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
-        cells[better] = marks[row["better"]]
-        out.add_row(*cells)
-    console.print(out)
+    _print_frame(table, f"A = {a}   B = {b}", {"better": lambda v: marks[v]})
 
 
 @app.command()
 def check(
     results: Path = typer.Argument(Path("results/runs"), help="Folder of records or a tidy CSV."),
-    baseline: Path = typer.Option(Path("results/baseline.csv"), help="Baseline tidy CSV."),
+    baseline: Path = typer.Option(..., help="Baseline: a tidy CSV (evalsuite leaderboard --tidy-csv) or a folder of records."),
     tolerance: Optional[float] = typer.Option(None, help="Override every task's tolerance."),
+    format: str = typer.Option("table", "--format", "-f", help="table|csv|json"),
 ):
     """Exit 1 if a primary metric regressed beyond tolerance or a baseline cell is missing."""
     from .leaderboard import check as check_frames
-    from .leaderboard import load_tidy
 
     try:
-        result = check_frames(load_tidy(baseline), load_tidy(results), tolerance)
+        result = check_frames(_load_results(baseline), _load_results(results), tolerance)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
-    out = Table(title=f"check against {baseline}")
-    for col in result.table.columns:
-        out.add_column(str(col))
-    style = {"ok": "green", "regressed": "bold red", "missing": "bold yellow"}
-    for _, row in result.table.iterrows():
-        cells = ["—" if isinstance(v, float) and v != v else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
-        cells[-1] = f"[{style[row['status']]}]{row['status']}[/]"
-        out.add_row(*cells)
-    console.print(out)
+    if not _machine_output(result.table, format):
+        style = {"ok": "green", "regressed": "bold red", "missing": "bold yellow"}
+        _print_frame(result.table, f"check against {baseline}", {"status": lambda v: f"[{style[v]}]{v}[/]"})
     if not result.ok:
         err.print(f"[bold red]FAILED[/]: {len(result.regressions)} regressed, {len(result.missing)} missing")
         raise typer.Exit(1)
@@ -257,7 +309,7 @@ def _list_backbones() -> None:
             weights = f"[dim]missing ({spec.weights_file})[/]"
         table.add_row(name, spec.family, f"{meta.num_params / 1e6:.2f}M", str(meta.patch_size), str(meta.embed_dim),
                       str(meta.depth), str(meta.num_cls_tokens), ",".join(map(str, meta.default_layers)), weights)
-    console.print(table)
+    _print_table(table)
 
 
 def _list_tasks() -> None:
@@ -273,7 +325,7 @@ def _list_tasks() -> None:
                           f"{proto.primary_metric} {'↑' if proto.higher_is_better else '↓'}",
                           f"{proto.selection_split} / {proto.report_split}", task.dataset if i == 0 else "",
                           (task.mini_dataset or "—") if i == 0 else "")
-    console.print(table)
+    _print_table(table)
 
 
 @app.command()
@@ -328,7 +380,7 @@ def show(
             changed = value != row["default"]
             table.add_row(owner, row["name"] + (" (operational)" if row["operational"] else ""),
                           f"[bold]{value}[/]" if changed else str(value), str(row["default"]), row["range"], row["help"])
-    console.print(table)
+    _print_table(table)
     for key, value in reads.items():
         console.print(f"{key}: {value}", highlight=False, soft_wrap=True)
 
@@ -484,15 +536,21 @@ def cache_ls():
     for e in entries():
         table.add_row(e["key"][:12], e["backbone"], e["weights"][:12], e["reducer"], e["split"], str(e["n"]),
                       f"{e['bytes'] / 2**20:.1f}")
-    console.print(table)
+    _print_table(table)
 
 
 @cache_app.command("rm")
-def cache_rm(match: Optional[str] = typer.Argument(None, help="A key prefix or a backbone name (default: all).")):
-    """Delete cached feature sets."""
+def cache_rm(match: Optional[str] = typer.Argument(None, help="A key prefix or a backbone name."),
+             all_: bool = typer.Option(False, "--all", help="Delete every cached feature set.")):
+    """Delete cached feature sets: those matching a key prefix or backbone, or --all."""
     from .cache import remove
 
-    console.print(f"removed {remove(match)} feature set(s)")
+    if all_ == (match is not None):
+        _fail("give a key prefix or backbone name, or --all (not both)")
+    try:
+        console.print(f"removed {remove(None if all_ else match)} feature set(s)")
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 @data_app.command("make-mini")

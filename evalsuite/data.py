@@ -88,10 +88,10 @@ def file_sha256(path: Path) -> str:
 
 @lru_cache(maxsize=256)
 def _sha256(path: Path, size: int, mtime_ns: int) -> str:
-    return _hash_file(path)
+    return hash_file(path)
 
 
-def _hash_file(path: Path) -> str:
+def hash_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(1 << 20):
@@ -122,7 +122,7 @@ def verify_manifest(root: Path, manifest: dict) -> None:
     problems = [f"{p} is missing" for p in problems]
     problems += [f"{p} is not in the manifest" for p in sorted(present - set(listed))]
     if not problems:
-        problems = [f"{p} does not match its sha256" for p in sorted(listed) if _hash_file(root / p) != listed[p]]
+        problems = [f"{p} does not match its sha256" for p in sorted(listed) if hash_file(root / p) != listed[p]]
     if problems:
         hint = (f"regenerate it with `evalsuite data make-mini {manifest['name']} --size {manifest['size']} "
                 f"--seed {manifest['seed']} --force`" if manifest.get("mini") else "restore the original files")
@@ -179,7 +179,7 @@ def folder_identity(root: Path) -> str:
             if row is not None and row[0] == size and row[1] == mtime:
                 sha = row[2]
             else:
-                sha = _hash_file(Path(path))
+                sha = hash_file(Path(path))
                 fresh.append((path, size, mtime, sha))
             digest.update(f"{rel}\t{sha}\n".encode())
         if fresh:

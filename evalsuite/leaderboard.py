@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .records import iter_records
+from .records import RunRecord, iter_records
 
 TIDY_COLUMNS = [
     "data", "world", "task", "task_version", "backbone", "weights", "seed", "metric", "split", "value", "std",
@@ -49,8 +49,8 @@ def load_tidy(source: str | Path) -> pd.DataFrame:
         return frame.assign(world=frame["world"].fillna(""))  # real data has no world; CSV reads '' as NaN
     if not source.is_dir():
         raise FileNotFoundError(f"no results at {source}")
-    rows = []
-    for _, rec in iter_records(source):
+    rows, skipped = [], []
+    for _, rec in iter_records(source, skipped=skipped):
         if rec.status != "ok":
             continue
         for m in rec.metrics:
@@ -64,7 +64,28 @@ def load_tidy(source: str | Path) -> pd.DataFrame:
                 "shown": m["primary"] or m["name"] in rec.task.get("leaderboard_metrics", ()),
                 "tolerance": rec.task["tolerance"], "run_id": rec.run_id, "finished_at": rec.finished_at,
             })
-    return pd.DataFrame(rows, columns=TIDY_COLUMNS)
+    frame = pd.DataFrame(rows, columns=TIDY_COLUMNS)
+    frame.attrs["skipped"] = skipped  # files that are not readable records: the CLI names each one
+    return frame
+
+
+def failed_attempts(source: str | Path) -> list[dict]:
+    """Failed runs whose cell has no newer good record: each with its cell, time and error's first
+    line, so that a leaderboard never shows a good number without saying a later attempt failed."""
+    source = Path(source)
+    if not source.is_dir():
+        return []
+    out = []
+    for path, rec in iter_records(source, failed=True, skipped=[]):
+        if rec.status != "failed":
+            continue
+        good = path.with_name(path.name.removesuffix(".failed.json") + ".json")
+        last_good = RunRecord.load(good).finished_at if good.is_file() else None
+        if last_good is None or last_good <= rec.finished_at:
+            out.append({"backbone": rec.backbone.get("label", rec.backbone["name"]), "task": rec.task["label"],
+                        "finished_at": rec.finished_at, "error": (rec.error or "").splitlines()[0],
+                        "good_record": str(good) if last_good else None, "path": str(path)})
+    return out
 
 
 def latest(frame: pd.DataFrame) -> pd.DataFrame:
@@ -201,7 +222,7 @@ def load_samples(source: str | Path, frame: pd.DataFrame | None = None) -> dict[
     if not source.is_dir():
         return {}
     runs = {rec.run_id: (rec.data["identity"], rec.per_sample)
-            for _, rec in iter_records(source) if rec.status == "ok" and rec.per_sample}
+            for _, rec in iter_records(source, skipped=[]) if rec.status == "ok" and rec.per_sample}
     out = {}
     for key, group in latest(load_tidy(source) if frame is None else frame).groupby(CELL):
         found = [runs.get(r) for r in group["run_id"]]
@@ -268,9 +289,12 @@ class CheckResult:
 
 
 def check(baseline: pd.DataFrame, current: pd.DataFrame, tolerance: float | None = None) -> CheckResult:
-    """Primary metrics of ``current`` against ``baseline``: regressions beyond tolerance or missing cells fail."""
+    """Primary metrics of ``current`` against ``baseline``: regressions beyond tolerance or missing cells
+    fail, and so does a baseline without a single cell (a check that checks nothing is no pass)."""
     base = cells(latest(baseline))
     base = base[base["primary"].astype(bool)]
+    if base.empty:
+        raise ValueError("the baseline has no cells: nothing would be checked")
     cur = cells(latest(current))
     merged = base.merge(cur[CELL + ["value"]], on=CELL, how="left", suffixes=("_base", ""))
     tol = merged["tolerance"] if tolerance is None and "tolerance" in merged else pd.Series(tolerance or 0.0, index=merged.index)

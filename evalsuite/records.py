@@ -15,6 +15,7 @@ from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from . import EvalsuiteWarning
 from .contracts import Metric
 from .fileio import atomic_write_text
 
@@ -136,10 +137,11 @@ def write_record(record: RunRecord, path: Path) -> Path:
     return path
 
 
-def iter_records(root: Path, failed: bool = False):
+def iter_records(root: Path, failed: bool = False, skipped: list[str] | None = None):
     """``(path, record)`` for every record under ``root``; temp files and work dirs are never matched.
-    A file that is not a readable record is skipped with a warning naming it, never silently; failed
-    attempts (``*.failed.json``) are included only with ``failed=True``."""
+    A file that is not a readable record is skipped, never silently: its path and reason go to
+    ``skipped`` (or, without that list, to a warning). Failed attempts (``*.failed.json``) are
+    included only with ``failed=True``."""
     for path in sorted(Path(root).rglob("*.json")):
         if any(part.startswith(".") for part in path.relative_to(root).parts):  # temp files, .work/
             continue
@@ -148,8 +150,12 @@ def iter_records(root: Path, failed: bool = False):
         try:
             yield path, RunRecord.load(path)
         except (OSError, ValueError) as exc:
-            warnings.warn(f"skipped {exc if str(path) in str(exc) else f'{path}: {exc}'}", RecordWarning, stacklevel=2)
+            reason = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+            if skipped is None:
+                warnings.warn(f"skipped {reason}", RecordWarning, stacklevel=2)
+            else:
+                skipped.append(reason)
 
 
-class RecordWarning(UserWarning):
+class RecordWarning(EvalsuiteWarning):
     """A file in a results folder that is not a readable record."""

@@ -68,6 +68,11 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def work_dir_of(out_dir: Path, cell: Cell) -> Path:
+    """Where a cell's training checkpoints live, keyed like the cell: a killed run resumes from here."""
+    return Path(out_dir) / ".work" / cell.key[:16]
+
+
 def resolve_cell(backbone: str, task: str, *, weights: str | None = None, data: str = "real",
                  data_root: str | Path | None = None, mini_size: str = "small", mini_seed: int = 0, seed: int = 0,
                  params: dict[str, Any] | None = None, protocol: str | None = None,
@@ -83,7 +88,7 @@ def resolve_cell(backbone: str, task: str, *, weights: str | None = None, data: 
     if isinstance(bb_spec, BackboneSpec):
         path = resolve_weights(bb_spec, weights)
         weights_id = file_sha256(path) if path is not None else "random"
-    source = task_obj.data_source(data, data_root, mini_size, mini_seed)
+    source = task_obj.data_source(data, data_root, mini_size, mini_seed, config)
     if source.kind == "mini" and not config.mini:  # a generated folder passed as real data is mini data
         config = task_obj.resolve(params, protocol=protocol, mini=True)
     key = cell_key(task=config.name, task_version=config.version, identity=config.identity(),
@@ -114,6 +119,8 @@ def run_cell(backbone: str, task: str, *, weights: str | None = None, data: str 
         existing = RunRecord.load(cell.path)
         if existing.status == "ok":
             return CellResult(existing, cell.path, skipped=True)
+    if force:  # from scratch: a killed run's checkpoints are not resumed either
+        shutil.rmtree(work_dir_of(out_dir, cell), ignore_errors=True)
     return execute(cell, out_dir=out_dir, device=device, amp=amp, batch_size=batch_size, num_workers=num_workers,
                    progress=progress, weights_label=weights_label)
 
@@ -123,7 +130,7 @@ def execute(cell: Cell, *, out_dir: Path, device: torch.device, amp: bool | None
     config, backbone = cell.config, cell.backbone
     is_writer = distributed.is_main_process()
     amp_dtype = torch.bfloat16 if (amp if amp is not None else device.type == "cuda") else None
-    work_dir = Path(out_dir) / ".work" / cell.key[:16]  # a killed training run resumes from here
+    work_dir = work_dir_of(out_dir, cell)
     ctx = RunContext(data=cell.source, seed=cell.seed, device=device, amp_dtype=amp_dtype, batch_size=batch_size,
                      num_workers=num_workers, progress=progress, work_dir=work_dir)
     sha, dirty = git_state()
@@ -139,11 +146,13 @@ def execute(cell: Cell, *, out_dir: Path, device: torch.device, amp: bool | None
     )
     label = backbone if cell.weights_id == "random" else f"{backbone}@{weights_label or cell.weights_id[:8]}"
     bb_info = {"name": backbone, "label": label, "weights": cell.weights_id}
+    seed_everything(cell.seed)
+    t_load = time.perf_counter()
+    model = create_backbone(backbone, cell.weights).to(device)  # a checkpoint that does not fit is the user's error: no record
+    bb_info |= {"family": model.meta.family, "num_params": model.meta.num_params}
+    if getattr(model, "checkpoint_dtypes", None):
+        bb_info["checkpoint_dtypes"] = model.checkpoint_dtypes  # e.g. a bfloat16 file loaded into float32
     try:
-        seed_everything(cell.seed)
-        t_load = time.perf_counter()
-        model = create_backbone(backbone, cell.weights).to(device)
-        bb_info |= {"family": model.meta.family, "num_params": model.meta.num_params}
         t_task = time.perf_counter()
         output = config.protocol.run(model, config, ctx)
         bad = [m.name for m in output.metrics if not math.isfinite(m.value)]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from ..data import MANIFEST, file_sha256, files_digest
-from ..fileio import atomic_directory
+from ..fileio import atomic_directory, sweep_partials
 from ..registry import MINI_DATASETS
 
 Size = Literal["small", "medium", "large"]
@@ -83,6 +83,7 @@ def ensure_mini(name: str, size: Size = "small", seed: int = 0, force: bool = Fa
     target = mini_dir(name, size, seed)
     if (target / MANIFEST).is_file() and not force:
         return target
+    sweep_partials(cache_root())  # generations killed outright more than an hour ago
     with atomic_directory(target) as tmp:
         spec.generate(tmp, size, seed)
         write_manifest(tmp, {"name": name, "version": spec.version, "seed": seed, "size": size, "mini": True})
