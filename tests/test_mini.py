@@ -121,7 +121,7 @@ def test_ff3d_mini_scene_round_trip_and_covisibility(made):
     scenes_ = list_scenes(made["ff3d-mini"])
     frames, covis = load_scene(scenes_[0])
     meta = json.loads((scenes_[0] / "scene_meta.json").read_text())
-    assert len(frames) == len(meta["frames"]) == 4 and covis.shape == (4, 4)
+    assert len(frames) == len(meta["frames"]) == 6 and covis.shape == (6, 6)
     assert np.allclose(np.diag(covis), 1) and np.all((covis >= 0) & (covis <= 1))
     # a pixel of frame 0 back-projected and projected into frame 1 lands where frame 1 sees that depth
     a, b = frames[0], frames[1]
@@ -131,7 +131,7 @@ def test_ff3d_mini_scene_round_trip_and_covisibility(made):
     world = pts @ a.cam2world[:3, :3].T + a.cam2world[:3, 3]
     cam_b = (world - b.cam2world[:3, 3]) @ b.cam2world[:3, :3]
     assert cam_b[:, 2].min() > -10  # finite, well-formed poses
-    assert covis[0, 1] == pytest.approx(datasets.covisibility([_as_view(a), _as_view(b)])[0, 1], abs=1e-9)
+    assert covis[0, 1] == pytest.approx(datasets.covisibility([_as_view(a), _as_view(b)])[0, 1], abs=1e-7)  # float32
 
 
 def _as_view(frame):

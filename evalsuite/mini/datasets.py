@@ -176,19 +176,21 @@ def make_ade20k(out: Path, size: Size, seed: int) -> None:
 # ---------------------------------------------------------------------------------------
 # ff3d-mini: WAI / MapAnything scenes
 # ---------------------------------------------------------------------------------------
-FF3D_SIZES = {"small": (4, 4), "medium": (16, 6), "large": (64, 8)}  # (scenes, views per scene)
+FF3D_SIZES = {"small": (8, 4, 6), "medium": (24, 8, 8), "large": (96, 16, 8)}  # (train scenes, test scenes, views)
 
 
 def covisibility(views, rel_tol: float = 0.03) -> np.ndarray:
-    """C[i, j] = share of view i's valid pixels that view j sees at a consistent depth."""
+    """MapAnything's pairwise covisibility (``denominator_mode: full``): C[i, j] = share of all of view
+    i's pixels whose surface view j sees at a consistent depth (the diagonal: view i's valid share)."""
     n = len(views)
-    out = np.eye(n)
+    out = np.zeros((n, n))
     for i, a in enumerate(views):
         h, w = a.depth.shape
         v, u = np.nonzero(a.depth > 0)
         z = a.depth[v, u]
         cam = np.stack([(u - a.intrinsics[0, 2]) / a.intrinsics[0, 0] * z, (v - a.intrinsics[1, 2]) / a.intrinsics[1, 1] * z, z], 1)
         world = cam @ a.cam2world[:3, :3].T + a.cam2world[:3, 3]
+        out[i, i] = len(z) / (h * w)
         for j, b in enumerate(views):
             if i == j:
                 continue
@@ -201,33 +203,46 @@ def covisibility(views, rel_tol: float = 0.03) -> np.ndarray:
             seen = np.zeros_like(inside)
             d = b.depth[vv[inside], uu[inside]]
             seen[inside] = (d > 0) & (np.abs(d - p[inside, 2]) < rel_tol * p[inside, 2])
-            out[i, j] = seen.mean() if len(seen) else 0.0
+            out[i, j] = seen.sum() / (h * w)
     return out
 
 
-@register_mini("ff3d-mini", version=2, description="WAI scenes: scene_meta.json, PNG images, float32 .npy depth, covisibility")
+# v3: train and test scenes (splits/*.txt), covisibility where MapAnything's loader reads it
+# (covisibility/v0/pairwise_covisibility--NxN.npy, float32, full denominator)
+@register_mini("ff3d-mini", version=3, description="WAI scenes (train/test): scene_meta.json, PNG images, float32 .npy depth, "
+                                                  "covisibility")
 def make_ff3d(out: Path, size: Size, seed: int) -> None:
-    n_scenes, n_views = FF3D_SIZES[size]
-    for s in range(n_scenes):
+    n_train, n_test, n_views = FF3D_SIZES[size]
+    splits = {"train": [], "test": []}
+    for s in range(n_train + n_test):
+        split = "train" if s < n_train else "test"
         scene = sample_scene(_rng(seed, "ff3d", s), n_views=n_views)
         views = render_scene(scene, 160, 128)
-        root = out / f"scene_{s:04d}"
+        name = f"{split}_{s:04d}"
+        root = out / name
         frames = []
         for k, v in enumerate(views):
             _save_png(v.rgb, root / "images" / f"{k:05d}.png")
             (root / "depth").mkdir(parents=True, exist_ok=True)
             np.save(root / "depth" / f"{k:05d}.npy", v.depth)
             K = v.intrinsics
-            frames.append({"frame_name": f"{k:05d}", "image": f"images/{k:05d}.png", "depth": f"depth/{k:05d}.npy",
-                           "transform_matrix": v.cam2world.tolist(), "fl_x": K[0, 0], "fl_y": K[1, 1], "cx": K[0, 2],
-                           "cy": K[1, 2], "w": v.rgb.shape[1], "h": v.rgb.shape[0]})
-        (root / "covisibility").mkdir(parents=True, exist_ok=True)
-        np.save(root / "covisibility" / "covisibility.npy", covisibility(views))
-        _write_json({"scene_name": f"scene_{s:04d}", "dataset_name": "ff3d-mini", "version": "0.1",
-                     "camera_model": "PINHOLE", "camera_convention": "opencv", "shared_intrinsics": False,
+            frames.append({"frame_name": f"{k:05d}", "image": f"images/{k:05d}.png", "file_path": f"images/{k:05d}.png",
+                           "depth": f"depth/{k:05d}.npy", "transform_matrix": v.cam2world.tolist(), "fl_x": K[0, 0],
+                           "fl_y": K[1, 1], "cx": K[0, 2], "cy": K[1, 2], "w": v.rgb.shape[1], "h": v.rgb.shape[0]})
+        covis = f"covisibility/v0/pairwise_covisibility--{len(views)}x{len(views)}.npy"
+        (root / covis).parent.mkdir(parents=True, exist_ok=True)
+        np.save(root / covis, covisibility(views).astype(np.float32))
+        _write_json({"scene_name": name, "dataset_name": "ff3d-mini", "version": "0.1", "camera_model": "PINHOLE",
+                     "camera_convention": "opencv", "shared_intrinsics": False, "scale_type": "metric",
                      "depth_encoding": "float32 .npy, metres, z-depth, 0 = invalid",
-                     "scene_modalities": {"covisibility": "covisibility/covisibility.npy"}, "frames": frames},
-                    root / "scene_meta.json")
+                     "scene_modalities": {"pairwise_covisibility": {"scene_key": covis, "format": "mmap"}},
+                     "frame_modalities": {"image": {"frame_key": "image", "format": "image"},
+                                          "depth": {"frame_key": "depth", "format": "depth"}},
+                     "frames": frames}, root / "scene_meta.json")
+        splits[split].append(name)
+    for split, names in splits.items():
+        (out / "splits").mkdir(exist_ok=True)
+        (out / "splits" / f"{split}.txt").write_text("\n".join(names) + "\n")
 
 
 # ---------------------------------------------------------------------------------------
