@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import random
 import subprocess
@@ -67,3 +68,15 @@ def parse_device(name: str | torch.device) -> torch.device:
     elif device.type != "cpu":
         raise ValueError(f"--device {name}: only cpu and cuda devices are supported")
     return device
+
+
+def prepare_headless_gl() -> None:
+    """Before the first OpenGL context: EGL unless the user chose another backend, and triton's LLVM
+    loaded before Mesa's. Software EGL (llvmpipe) and triton each carry an LLVM; once llvmpipe is
+    loaded, a later ``import triton`` (torch._dynamo imports it, e.g. through torchvision.ops)
+    segfaults the process."""
+    import importlib.util
+
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    if importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401

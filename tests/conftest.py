@@ -1,7 +1,10 @@
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # before any test imports mujoco (metaworld picks its GL backend at import)
 
 
 @pytest.fixture(autouse=True)

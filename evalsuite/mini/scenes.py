@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..environment import prepare_headless_gl
+
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 SHAPES = ("box", "sphere", "cylinder", "capsule", "ellipsoid")
@@ -183,25 +185,13 @@ def intrinsics(fovy_deg: float, width: int, height: int) -> np.ndarray:
 _GL_CONTEXTS: dict[tuple[int, int], object] = {}
 
 
-def _preload_triton() -> None:
-    """Load triton's LLVM before Mesa's: the other order segfaults the process on import of triton.
-
-    Software EGL (llvmpipe) and triton each carry an LLVM; once llvmpipe is loaded, a later
-    ``import triton`` (torch._dynamo imports it, e.g. through torchvision.ops) crashes.
-    """
-    import importlib.util
-
-    if importlib.util.find_spec("triton") is not None:
-        import triton  # noqa: F401
-
-
 def _gl_context(width: int, height: int):
     """One EGL context per size and process: creating one per scene would cost 0.15 s each."""
     import mujoco
 
     key = (width, height)
     if key not in _GL_CONTEXTS:
-        _preload_triton()
+        prepare_headless_gl()
         _GL_CONTEXTS[key] = mujoco.GLContext(width, height)
     _GL_CONTEXTS[key].make_current()
     return _GL_CONTEXTS[key]
@@ -269,7 +259,7 @@ class SceneRenderer:
         geom = np.empty(len(norms), np.int32)
         dist = np.empty(len(norms))
         self._mj.mj_multiRay(self.model, self.data, cam2world[:3, 3].astype(np.float64), unit, None, True, -1,
-                             geom, dist, None, len(norms), 100.0)
+                             geom, dist, len(norms), 100.0)  # MuJoCo 3.3's signature (no normals output)
         hit = geom >= 0
         depth = np.where(hit, dist / norms, 0.0)  # a ray with z = 1 in the camera: z-depth = range / |ray|
         return (geom + 1).reshape(self.height, self.width), depth.reshape(self.height, self.width).astype(np.float32)
