@@ -4,12 +4,17 @@ The feature map pixels are Pixel-BERT's visual tokens. ``forward_features`` retu
 layer index s = 0..3 is torchvision's ``layer{s+1}`` (strides 4, 8, 16, 32); ``cls`` is empty
 (B×0×C) and ``norm`` has no effect (a CNN has no final norm). Checkpoints use torchvision/timm
 ResNet keys; an ImageNet classifier's ``fc`` is dropped on purpose.
+
+Our pretraining checkpoints also hold the cross-modal side (BERT, tokenizer, visual embedding):
+`paired_text` rebuilds it, so VQA and retrieval can fine-tune CNN and BERT together, as the paper does.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from functools import partial
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -17,9 +22,9 @@ from PIL import Image
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from evalsuite.checkpoints import BackboneSpec, register_backbone
+from evalsuite.checkpoints import BackboneSpec, CheckpointError, load_strict, read_state_dict, register_backbone
 from evalsuite.contracts import Backbone, BackboneMeta, Features
-from evalsuite.text import SPECIAL_TOKENS, fit_wordpiece
+from evalsuite.text import SPECIAL_TOKENS, TextEncoder, VisualEmbedding, fit_wordpiece, grid_cells, joint_sequence
 
 from .vit import preprocess_imagenet
 
@@ -63,7 +68,28 @@ def make_spec(name: str, block, layers: list[int], width: int, file: str | None,
     return BackboneSpec(name=name, family="pixelbert",
                         build=lambda: PixelBERTResNet(meta, block, layers, groups, width_per_group),
                         convert=convert, ignore=CLASSIFIER, weights_file=file, random_by_default=file is None,
-                        pretrain=partial(PixelBERTObjective, **(objective or {})))
+                        pretrain=partial(PixelBERTObjective, **(objective or {})), paired_text=paired_text)
+
+
+def paired_text(path: Path) -> tuple[TextEncoder, VisualEmbedding]:
+    """The text encoder (BERT + tokenizer) and visual embedding of our pretraining checkpoint at ``path``,
+    loaded strictly (only the pooler, which the pretraining's ITM head read, is left out)."""
+    from tokenizers import Tokenizer
+    from transformers import BertConfig, BertModel
+
+    checkpoint = read_state_dict(path)
+    if not {"tokenizer", "text_config", "max_text"} <= set(checkpoint):
+        raise CheckpointError(f"{path} has no text side (BERT, tokenizer): it is not a Pixel-BERT pretraining checkpoint "
+                              "written by `evalsuite pretrain` — use text=scratch or text=bert-local")
+    state = checkpoint["model"]
+    bert = BertModel(BertConfig.from_dict(json.loads(checkpoint["text_config"])), add_pooling_layer=False)
+    load_strict(bert, {k.removeprefix("bert.bert."): v for k, v in state.items() if k.startswith("bert.bert.")},
+                ignore=(r"pooler\..*",), source=f"{path} (BERT)")
+    width = state["visual_proj.proj.weight"].shape[1]
+    visual = VisualEmbedding(width, bert.config.hidden_size, state["visual_proj.row.weight"].shape[0])
+    load_strict(visual, {k.removeprefix("visual_proj."): v for k, v in state.items() if k.startswith("visual_proj.")},
+                source=f"{path} (visual embedding)")
+    return TextEncoder(Tokenizer.from_str(checkpoint["tokenizer"]), bert, int(checkpoint["max_text"])), visual
 
 
 
@@ -71,13 +97,11 @@ def make_spec(name: str, block, layers: list[int], width: int, file: str | None,
 # ---------------------------------------------------------------------------------------
 # Pretraining objective (Huang et al. 2020): MLM + ITM over caption tokens and CNN pixels
 # ---------------------------------------------------------------------------------------
-def sample_pixels(fmap: torch.Tensor, n: int, noise: torch.Tensor) -> torch.Tensor:
-    """B×C×h×w → B×n×C: ``n`` distinct feature-map pixels per image, chosen by ``noise`` (B×≥h·w)."""
-    B, C, h, w = fmap.shape
-    if n > h * w:
-        raise ValueError(f"cannot sample {n} pixels from a {h}×{w} feature map")
-    idx = noise[:, : h * w].argsort(dim=1)[:, :n]
-    return torch.gather(fmap.flatten(2).transpose(1, 2), 1, idx[..., None].expand(-1, -1, C))
+def pixel_indices(noise: torch.Tensor, count: int, n: int) -> torch.Tensor:
+    """B×n distinct indices into ``count`` feature-map pixels, chosen by ``noise`` (B×≥count)."""
+    if n > count:
+        raise ValueError(f"cannot sample {n} pixels from a feature map of {count}")
+    return noise[:, :count].argsort(dim=1)[:, :n]
 
 
 def mlm_mask(ids: torch.Tensor, candidates: torch.Tensor, noise: torch.Tensor, vocab_size: int, mask_id: int,
@@ -96,10 +120,12 @@ def mlm_mask(ids: torch.Tensor, candidates: torch.Tensor, noise: torch.Tensor, v
 
 
 class PixelBERTObjective(nn.Module):
-    """CNN encoder + BERT over [caption tokens ; sampled pixels] with a visual type embedding.
+    """CNN encoder + BERT over [caption tokens ; sampled pixels] (`VisualEmbedding`: projection, grid
+    position, visual type), the same sequence the VQA and retrieval adapters build.
 
     ITM: a caption is swapped for another sample's with probability 0.5 (label 1 = not matched);
-    MLM is applied to matched pairs only. The BERT is built in `prepare`, once the tokenizer is fitted.
+    MLM is applied to matched pairs only. The BERT is built in `prepare`, once the tokenizer is fitted;
+    the checkpoint keeps the tokenizer and BERT config (`checkpoint_extras`) for `paired_text`.
     """
 
     uses_captions = True
@@ -112,7 +138,7 @@ class PixelBERTObjective(nn.Module):
         self.hidden, self.layers, self.heads, self.vocab_size = hidden, layers, heads, vocab_size
         self.max_text, self.n_pixels, self.mlm_prob = max_text, n_pixels, mlm_prob
         self.image_size = tuple(image_size or encoder.meta.image_size)
-        self.visual_proj = nn.Linear(encoder.meta.embed_dim, hidden)
+        self.visual_proj = VisualEmbedding(encoder.meta.embed_dim, hidden)
         self.tokenizer = None
         self.bert = None
 
@@ -123,8 +149,12 @@ class PixelBERTObjective(nn.Module):
         vocab = self.tokenizer.get_vocab_size()
         cfg = BertConfig(vocab_size=vocab, hidden_size=self.hidden, num_hidden_layers=self.layers,
                          num_attention_heads=self.heads, intermediate_size=4 * self.hidden,
-                         max_position_embeddings=self.max_text + self.n_pixels + 8, type_vocab_size=2)
-        self.bert = BertForPreTraining(cfg).to(self.visual_proj.weight.device)
+                         max_position_embeddings=self.max_text + 1, type_vocab_size=2)
+        self.bert = BertForPreTraining(cfg).to(self.visual_proj.proj.weight.device)
+
+    def checkpoint_extras(self) -> dict:
+        return {"tokenizer": self.tokenizer.to_str(), "text_config": self.bert.config.to_json_string(),
+                "max_text": self.max_text}
 
     def augment(self, image, gen: torch.Generator) -> torch.Tensor:
         """Resize to the encoder's size; no flip (captions say left and right)."""
@@ -154,12 +184,14 @@ class PixelBERTObjective(nn.Module):
         inputs, mlm_labels = mlm_mask(ids, candidates, noise[:, 2 : 2 + 3 * L].reshape(B, L, 3), self.bert.config.vocab_size,
                                       SPECIAL_TOKENS.index("[MASK]"), self.mlm_prob)
         fmap = self.encoder.forward_features(images).patch[-1]
-        n = min(self.n_pixels, fmap.shape[2] * fmap.shape[3])  # tiny inputs have fewer than 100 pixels
-        pixels = self.visual_proj(sample_pixels(fmap, n, noise[:, 2 + 3 * L :]))
-        words = self.bert.bert.embeddings.word_embeddings(inputs)
-        out = self.bert(inputs_embeds=torch.cat([words, pixels], dim=1),
-                        attention_mask=torch.cat([attention, torch.ones(B, n, dtype=torch.bool, device=device)], 1).long(),
-                        token_type_ids=torch.cat([torch.zeros_like(ids), torch.ones(B, n, dtype=torch.long, device=device)], 1),
+        h, w = fmap.shape[2:]
+        n = min(self.n_pixels, h * w)  # tiny inputs have fewer than 100 pixels
+        idx = pixel_indices(noise[:, 2 + 3 * L :], h * w, n)
+        pixels = torch.gather(fmap.flatten(2).transpose(1, 2), 1, idx[..., None].expand(-1, -1, fmap.shape[1]))
+        visual = self.visual_proj(pixels, grid_cells(h, w).to(device)[idx])
+        embeds, mask, types, positions = joint_sequence(self.bert.bert.embeddings.word_embeddings(inputs), attention, visual,
+                                                        visual_position=L)
+        out = self.bert(inputs_embeds=embeds, attention_mask=mask.long(), token_type_ids=types, position_ids=positions,
                         labels=torch.cat([mlm_labels, torch.full((B, n), -100, device=device)], 1),
                         next_sentence_label=swap.long())
         return {"loss": out.loss}

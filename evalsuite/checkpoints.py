@@ -46,6 +46,8 @@ class BackboneSpec:
     hf_repo: str | None = None
     random_by_default: bool = False
     pretrain: Callable[..., torch.nn.Module] | None = None  # (encoder, **overrides) -> objective module
+    # A family whose checkpoints carry a text side (Pixel-BERT): path -> (TextEncoder, VisualEmbedding)
+    paired_text: Callable[[Path], tuple] | None = None
 
     def num_params(self) -> int:
         return count_parameters(self.build)
@@ -175,6 +177,21 @@ def build_backbone(spec: BackboneSpec, weights: str | None = None) -> Backbone:
         dtypes = load_strict(model, state, spec.ignore, source=str(path))
         model.meta = dataclasses.replace(model.meta, weights=file_sha256(path))
         model.checkpoint_dtypes = dtypes
+    model.checkpoint_path = path
     model.eval()
     return model
+
+
+def paired_text(backbone: Backbone) -> tuple:
+    """(TextEncoder, VisualEmbedding) stored with the backbone's checkpoint (Pixel-BERT pretraining),
+    or one line saying why there is none."""
+    spec = BACKBONES.get(backbone.meta.name)
+    if not isinstance(spec, BackboneSpec) or spec.paired_text is None:
+        raise CheckpointError(f"{backbone.meta.name}: the {backbone.meta.family} family has no text side in its "
+                              "checkpoints; use text=scratch or text=bert-local")
+    path = getattr(backbone, "checkpoint_path", None)
+    if path is None:
+        raise CheckpointError(f"{backbone.meta.name} has random weights: text=checkpoint needs its pretraining checkpoint "
+                              "(--weights PATH from `evalsuite pretrain`)")
+    return spec.paired_text(Path(path))
 

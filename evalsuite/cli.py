@@ -17,6 +17,8 @@ data_app = typer.Typer(no_args_is_help=True, help="The offline mini world.")
 app.add_typer(data_app, name="data")
 cache_app = typer.Typer(no_args_is_help=True, help="The frozen-feature cache.")
 app.add_typer(cache_app, name="cache")
+score_app = typer.Typer(no_args_is_help=True, help="Score a result file with a task's official evaluator.")
+app.add_typer(score_app, name="score")
 console = Console()
 err = Console(stderr=True)
 
@@ -187,8 +189,10 @@ def _print_frame(frame, title: str, styles: dict | None = None) -> None:
 def _print_table(table: Table) -> None:
     if console.is_terminal:
         console.print(table)
-    else:  # pipes and CI: as wide as the table needs, so no name is folded or cut
-        console.print(table, width=max(console.width, console.measure(table).maximum), crop=False)
+    else:  # pipes and CI: as wide as the table needs (measured unclamped), so no name is folded or cut
+        needed = console.measure(table, options=console.options.update_width(100_000)).maximum
+        # Console.print clamps `width` to the console's own, so print through a console that wide
+        Console(file=console.file, width=max(console.width, needed), no_color=True).print(table, crop=False)
 
 
 def _machine_output(frame, fmt: str) -> bool:
@@ -206,37 +210,81 @@ def _print_pivots(tables, stds=None) -> None:
     from .leaderboard import format_cell, table_title
 
     for key, table in tables.items():
-        out = Table(title=table_title(key))
-        out.add_column("backbone", no_wrap=True)  # never truncated: 'pixio-tiny' vs 'pixio-tiny@ckpt'
-        for col in table.columns:
-            out.add_column(col, justify="right", overflow="fold")
         spread = (stds or {}).get(key)
-        for name, row in table.iterrows():
-            out.add_row(name, *(format_cell(v, None if spread is None else spread.at[name, col], ".4g")
-                                for col, v in row.items()))
-        _print_table(out)
+        tasks = dict.fromkeys(col.split(" · ")[0] for col in table.columns)
+        for task in tasks:  # one table per task: a row of every task's metrics fits no screen
+            columns = [col for col in table.columns if col.split(" · ")[0] == task]
+            rows = table[columns].dropna(how="all")
+            out = Table(title=f"{table_title(key)}\n{task}")
+            out.add_column("backbone", no_wrap=True)  # never truncated: 'pixio-tiny' vs 'pixio-tiny@ckpt'
+            for col in columns:
+                out.add_column(col.split(" · ", 1)[1], justify="right")
+            for name, row in rows.iterrows():
+                out.add_row(name, *(format_cell(v, None if spread is None else spread.at[name, col], ".4g")
+                                    for col, v in row.items()))
+            _print_table(out)
 
 
 @app.command()
 def compare(a: Path = typer.Argument(..., help="Results A (folder or CSV)."),
             b: Path = typer.Argument(..., help="Results B (folder or CSV)."),
-            format: str = typer.Option("table", "--format", "-f", help="table|csv|json")):
+            format: str = typer.Option("table", "--format", "-f", help="table|csv|json"),
+            task_a: Optional[str] = typer.Option(None, help="Only this task label of A (needs --task-b): e.g. a control."),
+            task_b: Optional[str] = typer.Option(None, help="Only this task label of B, paired with --task-a.")):
     """Per-task, per-metric deltas B − A; the better side follows each metric's direction.
 
-    Where both sides are record folders with per-sample scores on the same data (ImageNet on frozen
-    features), ci95_low/ci95_high bound the delta: a paired bootstrap over the test images."""
+    Where both sides are record folders with per-sample scores on the same data, ci95_low/ci95_high
+    bound the delta: a paired bootstrap over the test samples. --task-a/--task-b pair two labels of
+    one task, e.g. `vqa/adapter/scratch/shuffled` (the control) against `vqa/adapter/scratch/paired`."""
+    from .leaderboard import as_task, load_samples
     from .leaderboard import compare as compare_frames
-    from .leaderboard import load_samples
 
+    if (task_a is None) != (task_b is None):
+        _fail("give both --task-a and --task-b (the two task labels to pair), or neither")
     frame_a, frame_b = _load_results(a), _load_results(b)
     try:
-        table = compare_frames(frame_a, frame_b, load_samples(a, frame_a), load_samples(b, frame_b))
+        samples_a, samples_b = load_samples(a, frame_a), load_samples(b, frame_b)
+        if task_a is not None:
+            label = f"{task_a} → {task_b}"
+            frame_a, samples_a = as_task(frame_a, samples_a, task_a, label)
+            frame_b, samples_b = as_task(frame_b, samples_b, task_b, label)
+        table = compare_frames(frame_a, frame_b, samples_a, samples_b)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     if _machine_output(table, format):
         return
     marks = {"a": "[red]A[/]", "b": "[green]B[/]", "=": "=", "?": "?"}
     _print_frame(table, f"A = {a}   B = {b}", {"better": lambda v: marks[v]})
+
+
+@score_app.command("vqa")
+def score_vqa(
+    results: Path = typer.Argument(..., help="Result file: a JSON list of {question_id, answer} (the VQA server's format)."),
+    annotations: Path = typer.Option(..., help="v2_mscoco_<split>_annotations.json"),
+    questions: Optional[Path] = typer.Option(None, help="v2_OpenEnded_mscoco_<split>_questions.json (checks the split)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the evaluator's accuracy dict as JSON."),
+):
+    """VQA accuracy exactly as the official vqaEval.py computes it (rounded to 2 decimals like it)."""
+    import json
+
+    from .metrics import vqa_score_files
+
+    try:
+        scores = vqa_score_files(results, annotations, questions).official()
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    if json_output:
+        sys.stdout.write(json.dumps(scores, indent=1) + "\n")
+        return
+    table = Table(title=f"VQA accuracy of {results}")
+    table.add_column("answer / question type", overflow="fold")
+    table.add_column("accuracy", justify="right")
+    table.add_row("overall", f"{scores['overall']:.2f}", style="bold")
+    for name, value in scores["perAnswerType"].items():
+        table.add_row(name, f"{value:.2f}")
+    for name, value in sorted(scores["perQuestionType"].items()):
+        table.add_row(f"  {name}", f"{value:.2f}")
+    _print_table(table)
 
 
 @app.command()
@@ -403,10 +451,10 @@ def quickstart(
     force: bool = typer.Option(False, help="Re-run cells that already have records."),
     mini_seed: int = typer.Option(0, help="Replay the whole job on the mini world of this seed (pretraining data included)."),
 ):
-    """The main job on the mini world: brief pretraining of tiny Pixio and MAE, then every task with
-    mini data on the tiny backbones (pretrained and random twins), then the leaderboard."""
+    """The main job on the mini world: brief pretraining of tiny Pixio, then every task with mini data
+    on it and on its random twin, the leaderboard, and what pretraining bought (deltas with intervals)."""
     from . import quickstart as job
-    from .leaderboard import load_tidy, pivots
+    from .leaderboard import load_samples, load_tidy, pivots
     from .runner import RunFailed
 
     with _progress() as progress:
@@ -421,6 +469,20 @@ def quickstart(
             _fail(f"{exc} (record: {exc.path})", code=1)
     frame = load_tidy(out)
     _print_pivots(pivots(frame), pivots(frame, "std"))
+    deltas = job.twin_deltas(frame, load_samples(out, frame))
+    colour = {"pretrained better": "green", "pretrained worse": "red"}
+    table = Table(title="What mini pretraining bought: pretrained − random twin, paired bootstrap 95 % interval")
+    for col in ("backbone", "task", "metric"):
+        table.add_column(col, no_wrap=True)
+    for col in ("random", "pretrained", "delta", "95 % interval"):
+        table.add_column(col, justify="right")
+    table.add_column("verdict", no_wrap=True)
+    for _, row in deltas.iterrows():
+        interval = "—" if row["verdict"] == "no interval" else f"[{row['ci95_low']:.4g}, {row['ci95_high']:.4g}]"
+        verdict = f"[{colour[row['verdict']]}]{row['verdict']}[/]" if row["verdict"] in colour else row["verdict"]
+        table.add_row(row["backbone"], row["task"], row["metric"], f"{row['random']:.4g}", f"{row['pretrained']:.4g}",
+                      f"{row['delta']:+.4g}", interval, verdict)
+    _print_table(table)
 
 
 @app.command()

@@ -78,7 +78,8 @@ class Schedule:
     the *remaining* iterations (Pixio's dense heads: poly 0.9; MAE's fine-tuning: cosine to
     ``min_ratio``). ``mmcv-poly``/``mmcv-cosine`` are mmcv 1.x's LR hooks, which DINOv2's configs use:
     the decay runs over the *whole* run and the warm-up factor 1 − (1 − i/W)(1 − r) multiplies it (so
-    the warm-up peaks below the base lr).
+    the warm-up peaks below the base lr). ``step`` multiplies by ``gamma`` at each of ``milestones``
+    (fractions of the whole run, e.g. Pixel-BERT's epochs 12 and 16 of 18), after a linear warm-up.
     """
 
     kind: str
@@ -87,12 +88,16 @@ class Schedule:
     warmup_ratio: float = 1e-3
     power: float = 0.9
     min_ratio: float = 0.0
+    milestones: tuple[float, ...] = ()
+    gamma: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.kind not in ("poly", "cosine", "mmcv-poly", "mmcv-cosine"):
+        if self.kind not in ("poly", "cosine", "mmcv-poly", "mmcv-cosine", "step"):
             raise ValueError(f"unknown schedule {self.kind!r}")
 
     def decay(self, progress: float) -> float:
+        if self.kind == "step":
+            return self.gamma ** sum(progress >= m for m in self.milestones)
         if self.kind.endswith("poly"):
             return self.min_ratio + (1 - self.min_ratio) * (1 - progress) ** self.power
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -103,6 +108,8 @@ class Schedule:
     def __call__(self, i: int) -> float:
         if self.kind.startswith("mmcv"):
             return self.decay(i / self.iters) * self.warm(i)
+        if self.kind == "step":
+            return self.warm(i) if i < self.warmup_iters else self.decay(i / self.iters)
         if i < self.warmup_iters:
             return self.warm(i)
         return self.decay((i - self.warmup_iters) / max(1, self.iters - self.warmup_iters))

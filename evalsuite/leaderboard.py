@@ -235,6 +235,16 @@ def load_samples(source: str | Path, frame: pd.DataFrame | None = None) -> dict[
     return out
 
 
+def as_task(frame: pd.DataFrame, samples: dict, task: str, label: str) -> tuple[pd.DataFrame, dict]:
+    """Only ``task``'s cells of one side, renamed ``label``: how a control (``vqa/adapter/scratch/shuffled``)
+    pairs with the model it controls (``.../paired``) in `compare`, samples and all."""
+    kept = frame[frame["task"] == task]
+    if kept.empty:
+        raise ValueError(f"no cells of task {task!r}; the tasks there are: {', '.join(sorted(frame['task'].unique())) or 'none'}")
+    renamed = {(data, world, label, *rest): value for (data, world, t, *rest), value in samples.items() if t == task}
+    return kept.assign(task=label), renamed
+
+
 def compare(a: pd.DataFrame, b: pd.DataFrame, samples_a: dict | None = None, samples_b: dict | None = None) -> pd.DataFrame:
     """Per (data, world, task, metric[, backbone]) deltas b − a, with the better side named.
 

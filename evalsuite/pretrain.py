@@ -241,7 +241,8 @@ def _save(path: Path, objective, optimizer, step: int, cfg: PretrainConfig, rank
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"model": objective.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-             "rng": torch.get_rng_state(), "config": json.dumps(asdict(cfg)), "evalsuite_version": __version__}
+             "rng": torch.get_rng_state(), "config": json.dumps(asdict(cfg)), "evalsuite_version": __version__,
+             **getattr(objective, "checkpoint_extras", dict)()}  # e.g. Pixel-BERT's tokenizer and BERT config
     atomic_save(path, lambda tmp: torch.save(state, tmp))
     with open(path.parent / "log.jsonl", "a") as fh:
         fh.writelines(json.dumps(entry) + "\n" for entry in log)

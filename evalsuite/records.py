@@ -43,6 +43,7 @@ class RunRecord:
     timings: dict[str, float] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)  # operational: batch size, workers, device, amp
+    artifacts: dict[str, str] = field(default_factory=dict)  # name → file beside the record (e.g. test-dev answers)
     error: str | None = None
     schema_version: int = SCHEMA_VERSION
 
@@ -127,6 +128,11 @@ def record_path(out_dir: Path, backbone: str, task_label: str, key: str) -> Path
     return Path(out_dir) / backbone / task_label.replace("/", "__") / f"{key[:16]}.json"
 
 
+def artifacts_dir(path: Path) -> Path:
+    """Where the files a run produced besides its record live: ``<record stem>.artifacts/``."""
+    return Path(path).with_suffix(".artifacts")
+
+
 def failed_path(path: Path) -> Path:
     """Where a failed attempt of the cell at ``path`` is recorded: beside its last good record, never over it."""
     return Path(path).with_suffix(".failed.json")
@@ -143,7 +149,8 @@ def iter_records(root: Path, failed: bool = False, skipped: list[str] | None = N
     ``skipped`` (or, without that list, to a warning). Failed attempts (``*.failed.json``) are
     included only with ``failed=True``."""
     for path in sorted(Path(root).rglob("*.json")):
-        if any(part.startswith(".") for part in path.relative_to(root).parts):  # temp files, .work/
+        parts = path.relative_to(root).parts
+        if any(part.startswith(".") or part.endswith(".artifacts") for part in parts):  # temp files, .work/, outputs
             continue
         if path.name.endswith(".failed.json") and not failed:
             continue

@@ -29,7 +29,8 @@ from .checkpoints import BackboneSpec, create_backbone, resolve_weights
 from .contracts import DataSource, RunContext, TaskConfig
 from .data import file_sha256
 from .environment import default_device, environment, git_state, parse_device, seed_everything
-from .records import RunRecord, cell_key, failed_path, record_path, write_record
+from .fileio import atomic_write_text
+from .records import RunRecord, artifacts_dir, cell_key, failed_path, record_path, write_record
 from .registry import BACKBONES, TASKS
 
 DEFAULT_OUT = Path("results/runs")
@@ -161,11 +162,12 @@ def execute(cell: Cell, *, out_dir: Path, device: torch.device, amp: bool | None
         if not any(m.primary and m.name == config.primary_metric for m in output.metrics):
             raise RuntimeError(f"{config.label} did not report its primary metric {config.primary_metric!r}")
         t_end = time.perf_counter()
+        artifacts = {name: f"{artifacts_dir(cell.path).name}/{name}" for name in output.artifacts}
         record = RunRecord(
             **base, status="ok", finished_at=_now(), backbone=bb_info,
             metrics=[m.__dict__ for m in output.metrics], selected=output.selected,
             per_sample={k: [round(float(v), 4) for v in scores] for k, scores in output.per_sample.items()},
-            timings={"load_s": t_task - t_load, "task_s": t_end - t_task, "total_s": t_end - t0},
+            timings={"load_s": t_task - t_load, "task_s": t_end - t_task, "total_s": t_end - t0}, artifacts=artifacts,
         )
     except Exception as exc:
         record = RunRecord(
@@ -178,6 +180,8 @@ def execute(cell: Cell, *, out_dir: Path, device: torch.device, amp: bool | None
             write_record(record, failed)
         raise RunFailed(f"{backbone} × {config.label} failed: {type(exc).__name__}: {exc}", failed) from exc
     if is_writer:
+        for name, text in output.artifacts.items():  # before the record that names them
+            atomic_write_text(cell.path.parent / artifacts[name], text)
         write_record(record, cell.path)
         failed_path(cell.path).unlink(missing_ok=True)
         shutil.rmtree(work_dir, ignore_errors=True)

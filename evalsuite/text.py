@@ -1,13 +1,16 @@
 """The text side, for tasks that pair images with text (VQA, retrieval, Pixel-BERT pretraining).
 
 The `Backbone` contract stays visual. A `TextEncoder` is a BERT-style transformer with its
-tokenizer; given visual tokens as well, it runs them as a second segment of the same sequence
-(single-stream fusion, as Pixel-BERT's cross-modal transformer does). Encoders are registered in
-`TEXT_ENCODERS`:
+tokenizer; given visual tokens as well (from `VisualEmbedding`), it runs them as a second segment
+of the same sequence (single-stream fusion, as Pixel-BERT's cross-modal transformer does). Encoders
+are registered in `TEXT_ENCODERS`:
 
 * ``scratch``: a BERT initialised from scratch with a lower-cased WordPiece tokenizer fitted on the
   training texts (deterministic; what the Pixel-BERT pretraining objective uses);
 * ``bert-local``: a BERT and its tokenizer from a local transformers directory (never downloaded).
+
+A backbone family with a text side of its own (Pixel-BERT's pretraining checkpoint holds its BERT,
+tokenizer and visual embedding) provides it through ``BackboneSpec.paired_text``.
 """
 
 from __future__ import annotations
@@ -25,22 +28,84 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 def fit_wordpiece(texts: Sequence[str], vocab_size: int):
-    """A lower-cased WordPiece tokenizer fitted on ``texts`` (deterministic); ids 0..4 are the special tokens."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    """A lower-cased WordPiece tokenizer for ``texts``: ids 0..4 are the special tokens, then every
+    character (alone and as a ``##`` continuation, so any word can be spelt), then whole words by
+    frequency (ties alphabetical) up to ``vocab_size``. Deterministic by construction — the
+    ``tokenizers`` trainer breaks ties in a hash order that changes from process to process."""
+    from collections import Counter
 
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.train_from_iterator(list(texts), trainers.WordPieceTrainer(vocab_size=vocab_size,
-                                                                         special_tokens=list(SPECIAL_TOKENS)))
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    normalizer, splitter = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words = Counter(w for text in texts for w, _ in splitter.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for w in words for c in w})
+    vocab = dict.fromkeys([*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars)])
+    for word, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab) >= vocab_size:
+            break
+        vocab.setdefault(word)
+    tokenizer = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tokenizer.normalizer, tokenizer.pre_tokenizer = normalizer, splitter
     return tokenizer
+
+
+class VisualEmbedding(nn.Module):
+    """Visual tokens (patch tokens or CNN feature-map pixels, B×N×C) into the text encoder's width:
+    a linear projection plus learned row and column embeddings of each token's grid cell.
+
+    BERT's embedding layer then adds the visual type embedding (segment 1) and one position
+    embedding shared by every visual token (`joint_sequence`): where a token sits comes from its
+    grid cell alone, so a random subset of tokens (Pixel-BERT's 100 sampled pixels in training) and
+    all of them (at test) are embedded alike.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, max_grid: int = 64):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, hidden)
+        self.row, self.col = nn.Embedding(max_grid, hidden), nn.Embedding(max_grid, hidden)
+        for table in (self.row, self.col):
+            nn.init.normal_(table.weight, std=0.02)  # BERT's initializer_range
+
+    @property
+    def max_grid(self) -> int:
+        return self.row.num_embeddings
+
+    def forward(self, tokens: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """``cells``: B×N×2 (row, column) of every token."""
+        if cells.numel() and int(cells.max()) >= self.max_grid:
+            raise ValueError(f"a {int(cells.max()) + 1}-cell grid side exceeds the visual embedding's {self.max_grid}")
+        return self.proj(tokens) + self.row(cells[..., 0]) + self.col(cells[..., 1])
+
+
+def grid_cells(height: int, width: int) -> torch.Tensor:
+    """(h·w)×2 (row, column) of a feature map's tokens in raster order."""
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    return torch.stack([rows.flatten(), cols.flatten()], dim=1)
+
+
+def joint_sequence(words: torch.Tensor, mask: torch.Tensor, visual: torch.Tensor | None = None,
+                   visual_mask: torch.Tensor | None = None, visual_position: int | None = None):
+    """(embeddings, attention mask, token types, position ids) of ``[text ; visual]``: text at
+    positions 0..L−1 with type 0, every visual token at ``visual_position`` (the text's maximum
+    length, so it does not move with padding; default L) with type 1."""
+    B, L = mask.shape
+    visual_position = L if visual_position is None else visual_position
+    positions = torch.arange(L, device=mask.device).expand(B, L)
+    types = torch.zeros(B, L, dtype=torch.long, device=mask.device)
+    if visual is None:
+        return words, mask, types, positions
+    N = visual.shape[1]
+    visual_mask = torch.ones(B, N, dtype=torch.bool, device=mask.device) if visual_mask is None else visual_mask
+    return (torch.cat([words, visual], dim=1), torch.cat([mask, visual_mask], dim=1),
+            torch.cat([types, torch.ones(B, N, dtype=torch.long, device=mask.device)], dim=1),
+            torch.cat([positions, torch.full((B, N), visual_position, device=mask.device)], dim=1))
 
 
 class TextEncoder(nn.Module):
     """A tokenizer (a `tokenizers.Tokenizer`) and a transformers ``BertModel``.
 
     ``tokenize`` gives ``[CLS] … [SEP]`` ids padded to ``max_length``; ``forward`` returns the last
-    hidden states of the text, or of ``[text ; visual]`` with token type 1 on the visual part.
+    hidden states of the text, or of ``[text ; visual]`` (`joint_sequence`).
     """
 
     def __init__(self, tokenizer, bert: nn.Module, max_length: int = 40):
@@ -67,16 +132,15 @@ class TextEncoder(nn.Module):
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, visual: torch.Tensor | None = None,
                 visual_mask: torch.Tensor | None = None, word_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """Hidden states B×(L[+N])×D; ``word_embeds`` replaces the lookup of ``ids`` (e.g. for masking)."""
-        words = self.bert.embeddings.word_embeddings(ids) if word_embeds is None else word_embeds
-        types = torch.zeros_like(ids)
-        if visual is not None:
-            B, N = visual.shape[:2]
-            visual_mask = torch.ones(B, N, dtype=torch.bool, device=visual.device) if visual_mask is None else visual_mask
-            words = torch.cat([words, visual], dim=1)
-            mask = torch.cat([mask, visual_mask], dim=1)
-            types = torch.cat([types, torch.ones(B, N, dtype=torch.long, device=ids.device)], dim=1)
-        return self.bert(inputs_embeds=words, attention_mask=mask.long(), token_type_ids=types).last_hidden_state
+        """Hidden states B×(L'+N)×D, where L' ≤ L drops the padding columns no text of the batch uses
+        (exact: they are masked, and the visual tokens' position does not depend on L');
+        ``word_embeds`` replaces the lookup of ``ids`` (e.g. for masking)."""
+        used = max(1, int(mask.sum(dim=1).max()))
+        ids, mask = ids[:, :used], mask[:, :used]
+        words = self.bert.embeddings.word_embeddings(ids) if word_embeds is None else word_embeds[:, :used]
+        embeds, mask, types, positions = joint_sequence(words, mask, visual, visual_mask, self.max_length)
+        return self.bert(inputs_embeds=embeds, attention_mask=mask.long(), token_type_ids=types,
+                         position_ids=positions).last_hidden_state
 
 
 @dataclass(frozen=True)
@@ -95,13 +159,15 @@ def bert_config(vocab_size: int, hidden: int, layers: int, heads: int, max_posit
                       intermediate_size=4 * hidden, max_position_embeddings=max_positions, type_vocab_size=2)
 
 
-def build_scratch(texts: Sequence[str], *, vocab_size: int = 1000, hidden: int = 128, layers: int = 2, heads: int = 2,
-                  max_length: int = 40, max_visual: int = 256) -> TextEncoder:
-    """A BERT from scratch, its WordPiece vocabulary fitted on ``texts``."""
+def build_scratch(texts: Sequence[str], *, vocab_size: int = 30522, hidden: int = 768, layers: int = 12, heads: int = 12,
+                  max_length: int = 40) -> TextEncoder:
+    """A BERT from scratch (BERT-base by default), its WordPiece vocabulary fitted on ``texts``."""
     from transformers import BertModel
 
+    if not texts:
+        raise ValueError("a from-scratch text encoder fits its tokenizer on the training texts: there are none")
     tokenizer = fit_wordpiece(texts, vocab_size)
-    config = bert_config(tokenizer.get_vocab_size(), hidden, layers, heads, max_length + max_visual + 8)
+    config = bert_config(tokenizer.get_vocab_size(), hidden, layers, heads, max_length + 1)
     return TextEncoder(tokenizer, BertModel(config, add_pooling_layer=False), max_length)
 
 

@@ -40,8 +40,11 @@ def _unique(visible, o: SceneObject) -> tuple[str, ...] | None:
     return None
 
 
-def questions(visible, rng: np.random.Generator, count: int = 6) -> list[tuple[str, str, str]]:
-    """(question, answer, question type) triples, deduplicated."""
+def questions(visible, rng: np.random.Generator, hero: SceneObject | None = None,
+              count: int = 6) -> list[tuple[str, str, str]]:
+    """(question, answer, question type) triples, deduplicated. For a close-up of ``hero`` the first two
+    ask its colour and shape: questions a small adapter trained on a few hundred questions can learn
+    from the image (questions that name an object to find in a room need far more data)."""
     objs = [o for o, _ in visible]
     pool: list[tuple[str, str, str]] = []
     colours = sorted({o.colour for o in objs}) or ["red"]
@@ -85,6 +88,9 @@ def questions(visible, rng: np.random.Generator, count: int = 6) -> list[tuple[s
             for q, a, t in pool]
     order = rng.permutation(len(pool))
     seen, out = set(), []
+    if hero is not None:
+        out = [("What color is the large object?", hero.colour, "query-colour-large"),
+               ("What shape is the large object?", SHAPE_WORDS[hero.shape], "query-shape-large")]
     for k in order:
         q, a, t = pool[k]
         if q not in seen:

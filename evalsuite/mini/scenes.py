@@ -10,6 +10,7 @@ reflections are off by default: 4–6× faster and irrelevant for the labels.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass, field
 
@@ -185,6 +186,13 @@ def intrinsics(fovy_deg: float, width: int, height: int) -> np.ndarray:
 _GL_CONTEXTS: dict[tuple[int, int], object] = {}
 
 
+def _free_gl_contexts() -> None:
+    """Freed at exit, before interpreter teardown: MuJoCo's own finaliser would run after its EGL
+    bindings are gone and print an AttributeError."""
+    while _GL_CONTEXTS:
+        _GL_CONTEXTS.popitem()[1].free()
+
+
 def _gl_context(width: int, height: int):
     """One EGL context per size and process: creating one per scene would cost 0.15 s each."""
     import mujoco
@@ -193,6 +201,8 @@ def _gl_context(width: int, height: int):
     if key not in _GL_CONTEXTS:
         prepare_headless_gl()
         _GL_CONTEXTS[key] = mujoco.GLContext(width, height)
+        if len(_GL_CONTEXTS) == 1:  # after the context: at exit ours runs before EGL's own eglTerminate
+            atexit.register(_free_gl_contexts)
     _GL_CONTEXTS[key].make_current()
     return _GL_CONTEXTS[key]
 
