@@ -459,7 +459,8 @@ def quickstart(
 
     with _progress() as progress:
         try:
-            for result in job.run(out, force=force, progress=progress, mini_seed=mini_seed):
+            skip = lambda task, reason: progress.console.print(f"[yellow]skipped {task}:[/] {reason}", highlight=False)
+            for result in job.run(out, force=force, progress=progress, mini_seed=mini_seed, skipped=skip):
                 rec = result.record
                 value = next(m["value"] for m in rec.metrics if m["primary"])
                 state = "cached" if result.skipped else f"{rec.timings['total_s']:.1f}s"

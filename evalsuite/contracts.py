@@ -282,6 +282,10 @@ class Task:
 
         return decorator
 
+    def missing_extra(self) -> str | None:
+        """Why this task cannot run in this installation (an optional extra absent), or None."""
+        return None
+
     @property
     def default_protocol(self) -> str:
         return next(iter(self.protocols))

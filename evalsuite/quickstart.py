@@ -19,9 +19,9 @@ from typing import Callable, Iterator
 import pandas as pd
 
 from . import __version__
+from .leaderboard import compare
 from .mini import cache_root, mini_dir
 from .pretrain import PretrainConfig, pretrain
-from .leaderboard import compare
 from .registry import BACKBONES, TASKS
 from .runner import CellResult, run_cell
 
@@ -54,17 +54,22 @@ def variants(task: str) -> list[dict]:
 
 
 def run(out: Path, force: bool = False, progress=None, run_one: Callable[..., CellResult] | None = None,
-        mini_seed: int = 0) -> Iterator[CellResult]:
+        mini_seed: int = 0, skipped: Callable[[str, str], None] | None = None) -> Iterator[CellResult]:
     """Yield every quickstart cell's result (pretraining first, on first use).
 
     ``mini_seed`` replays the whole job on another generated world (pretraining data included):
-    the check that a conclusion is not an accident of one world's scenes."""
+    the check that a conclusion is not an accident of one world's scenes. A task whose optional extra
+    is not installed is passed to ``skipped(task, reason)`` and left out."""
     run_one = run_one or run_cell
     weights = [(name, "random", None) for name in RANDOM_TWINS]
     weights += [(name, str(pretrained_checkpoint(replace(cfg, mini_seed=mini_seed), progress)), PRETRAINED_LABEL)
                 for name, cfg in PRETRAIN.items()]
     for task in TASKS.names():
         if not TASKS.get(task).mini_dataset:
+            continue
+        if (reason := TASKS.get(task).missing_extra()) is not None:
+            if skipped is not None:
+                skipped(task, reason)
             continue
         for params in variants(task):
             for backbone, w, label in weights:

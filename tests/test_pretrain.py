@@ -253,13 +253,47 @@ def test_quickstart_pretrains_once_then_evaluates_every_mini_task_next_to_random
     for _ in range(2):  # the second run finds the cached checkpoints
         calls = [(b, t, w, label) for b, t, w, label in
                  quickstart.run(tmp_path, run_one=lambda b, t, weights, weights_label, **kw: (b, t, weights, weights_label))]
-    assert [c.backbone for c in trained] == ["pixio-tiny", "mae-tiny"]
+    assert [c.backbone for c in trained] == ["pixio-tiny"]
     assert all(c.image_size == 64 and c.steps == 400 for c in trained)
     mini_tasks = [t for t in TASKS.names() if TASKS.get(t).mini_dataset]
     assert {t for _, t, _, _ in calls} == set(mini_tasks)
     per_task = [(b, w == "random", label) for b, t, w, label in calls if t == "imagenet"]
-    assert sorted(per_task) == sorted([("pixio-tiny", True, None), ("mae-tiny", True, None),
-                                       ("pixio-tiny", False, "mini-pretrained"), ("mae-tiny", False, "mini-pretrained")])
+    assert sorted(per_task) == sorted([("pixio-tiny", True, None), ("pixio-tiny", False, "mini-pretrained")])
+
+
+def test_quickstart_leaves_out_a_task_whose_extra_is_missing_and_says_so(monkeypatch, tmp_path):
+    from evalsuite import quickstart
+    from evalsuite.registry import TASKS
+
+    monkeypatch.setattr(quickstart, "pretrain", lambda cfg, progress=None: None)
+    monkeypatch.setattr(TASKS.get("metaworld"), "missing_extra", lambda: "needs the robot extra")
+    said = []
+    tasks = {t for t, *_ in quickstart.run(tmp_path, run_one=lambda b, t, **kw: (t,),
+                                           skipped=lambda task, reason: said.append((task, reason)))}
+    assert "metaworld" not in tasks and "imagenet" in tasks and said == [("metaworld", "needs the robot extra")]
+
+
+def test_quickstart_claims_only_what_the_interval_shows():
+    import numpy as np
+    import pandas as pd
+
+    from evalsuite import quickstart
+
+    def rows(backbone, value):
+        return [{"data": "mini", "world": "seed0-small", "task": task, "task_version": 1, "backbone": backbone,
+                 "weights": "w", "seed": 0, "metric": "m", "split": "val", "value": value, "std": float("nan"),
+                 "higher_is_better": True, "primary": True, "shown": True, "tolerance": 0.0, "run_id": backbone + task,
+                 "finished_at": "2026-01-01"} for task in ("up", "flat", "blind")]
+
+    frame = pd.DataFrame(rows("pixio-tiny", 50.0) + rows("pixio-tiny@mini-pretrained", 60.0))
+    rng = np.random.default_rng(0)
+    base = rng.normal(50, 5, 200)
+    samples = {("mini", "seed0-small", "up", "pixio-tiny", "m"): ("d", base),
+               ("mini", "seed0-small", "up", "pixio-tiny@mini-pretrained", "m"): ("d", base + 10 + rng.normal(0, 1, 200)),
+               ("mini", "seed0-small", "flat", "pixio-tiny", "m"): ("d", base),
+               ("mini", "seed0-small", "flat", "pixio-tiny@mini-pretrained", "m"): ("d", base + rng.normal(0, 30, 200))}
+    verdicts = quickstart.twin_deltas(frame, samples).set_index("task")["verdict"]
+    assert verdicts.to_dict() == {"up": "pretrained better", "flat": "no clear difference", "blind": "no interval"}
 
 
 def test_quickstart_replays_on_another_mini_world_pretraining_data_included(monkeypatch, tmp_path):
@@ -272,8 +306,8 @@ def test_quickstart_replays_on_another_mini_world_pretraining_data_included(monk
     monkeypatch.setattr(quickstart, "pretrain", lambda cfg, progress=None: trained.append(cfg))
     seeds = {kw["mini_seed"] for kw in quickstart.run(tmp_path, run_one=lambda *a, **kw: kw, mini_seed=3)}
     assert seeds == {3} and {c.mini_seed for c in trained} == {3}
-    assert quickstart.pretrained_checkpoint(quickstart.PRETRAIN["mae-tiny"]) != \
-        quickstart.pretrained_checkpoint(replace(quickstart.PRETRAIN["mae-tiny"], mini_seed=3))
+    assert quickstart.pretrained_checkpoint(quickstart.PRETRAIN["pixio-tiny"]) != \
+        quickstart.pretrained_checkpoint(replace(quickstart.PRETRAIN["pixio-tiny"], mini_seed=3))
 
 
 def test_quickstart_checkpoint_cache_key_follows_the_objective_defaults(monkeypatch, tmp_path):
@@ -285,7 +319,7 @@ def test_quickstart_checkpoint_cache_key_follows_the_objective_defaults(monkeypa
 
     monkeypatch.setenv("EVALSUITE_MINI_CACHE", str(tmp_path / "mini"))
     monkeypatch.setattr(quickstart, "pretrain", lambda cfg, progress=None: None)
-    cfg = quickstart.PRETRAIN["mae-tiny"]
+    cfg = quickstart.PRETRAIN["pixio-tiny"]
     paths = []
     for depth in (2, 4, 4):
         spec = SimpleNamespace(pretrain=partial(lambda encoder, **kw: None, decoder_depth=depth))

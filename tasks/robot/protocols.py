@@ -28,7 +28,7 @@ from evalsuite.params import ParamError, Params, param
 from evalsuite.sampling import seeded
 
 from .policy import BatchNormMLP, HistoryBuffer, demo_inputs, rollout
-from .sim import CAMERAS, HELD_OUT, Camera, Demo, Env, check_tasks, record_demo, versions
+from .sim import CAMERAS, HELD_OUT, Camera, Demo, Env, RobotExtraMissing, check_tasks, metaworld, record_demo, versions
 
 CORTEXBENCH_TASKS = ("assembly", "bin-picking", "button-press-topdown", "drawer-open", "hammer")
 
@@ -70,6 +70,13 @@ def demo_cache_root() -> Path:
 
 
 class MetaWorldTask(Task):
+    def missing_extra(self) -> str | None:
+        try:
+            metaworld()
+        except RobotExtraMissing as exc:
+            return str(exc)
+        return None
+
     def data_source(self, data, data_root, mini_size, mini_seed, config) -> DataSource:
         from evalsuite.mini import world_name
 
