@@ -136,11 +136,16 @@ def leaderboard(
     results: Path = typer.Argument(Path("results/runs"), help="Folder of records or a tidy CSV."),
     format: str = typer.Option("table", "--format", "-f", help="table|csv|md|html"),
     tidy_csv: Optional[Path] = typer.Option(None, help="Also write the tidy long CSV here."),
+    published: bool = typer.Option(False, "--published", help="Real-data cells beside the published numbers "
+                                                                "(ours, published, difference); table|csv|json."),
+    published_csv: Optional[Path] = typer.Option(None, help="Published numbers to use (default: results/published.csv)."),
 ):
     """Pivot backbone × task of primary metrics; mini-world results in their own table."""
     from .leaderboard import failed_attempts, latest, pivots, render
 
     frame = _load_results(results)
+    if published:
+        return _print_published(frame, published_csv, format)
     for attempt in failed_attempts(results):
         newer = "a newer attempt" if attempt["good_record"] else "the only attempt"
         err.print(f"[yellow]warning:[/] {attempt['backbone']} × {attempt['task']}: {newer} failed at {attempt['finished_at']}"
@@ -156,6 +161,30 @@ def leaderboard(
         sys.stdout.write(render(tables, format, stds) + "\n")
     else:
         _fail(f"unknown format {format!r}: table|csv|md|html")
+
+
+def _print_published(frame, path: Optional[Path], fmt: str) -> None:
+    from .leaderboard import PUBLISHED, beside_published, format_cell, load_published
+
+    try:
+        table = beside_published(frame, load_published(path or PUBLISHED))
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    if table.empty:
+        _fail("no real-data cell has a published number (same backbone with official weights, task label and metric); "
+              "mini-world cells never do", code=1)
+    if _machine_output(table, fmt):
+        return
+    out = Table(title="Ours beside the published numbers (difference = ours − published)")
+    for col in ("backbone", "task", "metric"):
+        out.add_column(col, no_wrap=True)
+    for col in ("ours", "published", "difference"):
+        out.add_column(col, justify="right")
+    out.add_column("source", overflow="fold")
+    for _, r in table.iterrows():
+        out.add_row(r["backbone"], r["task"], r["metric"], format_cell(r["ours"], r["std"], ".4g"), f"{r['published']:.4g}",
+                    f"{r['difference']:+.3g}", r["source"])
+    _print_table(out)
 
 
 def _load_results(source: Path):
@@ -254,7 +283,31 @@ def compare(a: Path = typer.Argument(..., help="Results A (folder or CSV)."),
     if _machine_output(table, format):
         return
     marks = {"a": "[red]A[/]", "b": "[green]B[/]", "=": "=", "?": "?"}
-    _print_frame(table, f"A = {a}   B = {b}", {"better": lambda v: marks[v]})
+    shown = table.drop(columns=["ci95_low", "ci95_high"]).rename(columns={"interval": "95 % interval of the delta"})
+    _print_frame(shown, f"A = {a}   B = {b}", {"better": lambda v: marks[v]})
+
+
+@app.command()
+def report(
+    results: List[Path] = typer.Argument(..., help="Folders of records (or tidy CSVs) to report on."),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="The HTML file to write."),
+    published_csv: Optional[Path] = typer.Option(None, help="Published numbers (default: results/published.csv)."),
+):
+    """One self-contained HTML report (opens offline): leaderboards, per-task plots with intervals,
+    checkpoints over training, published numbers, and each record's provenance."""
+    from .fileio import atomic_write_text
+    from .leaderboard import PUBLISHED
+    from .report import build
+
+    for source in results:
+        if not source.exists():
+            _fail(f"{source} does not exist")
+    try:
+        page = build(results, published_csv or PUBLISHED)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    atomic_write_text(out, page)
+    console.print(f"wrote {out} ({len(page) / 1024:.0f} KiB)", highlight=False)
 
 
 @score_app.command("vqa")
@@ -292,7 +345,8 @@ def check(
     results: Path = typer.Argument(Path("results/runs"), help="Folder of records or a tidy CSV."),
     baseline: Path = typer.Option(..., help="Baseline: a tidy CSV (evalsuite leaderboard --tidy-csv) or a folder of records."),
     tolerance: Optional[float] = typer.Option(None, help="Override every task's tolerance."),
-    format: str = typer.Option("table", "--format", "-f", help="table|csv|json"),
+    format: str = typer.Option("table", "--format", "-f", help="table|csv|json|md (md: a summary for a PR or "
+                                                              "$GITHUB_STEP_SUMMARY)"),
 ):
     """Exit 1 if a primary metric regressed beyond tolerance or a baseline cell is missing."""
     from .leaderboard import check as check_frames
@@ -301,8 +355,13 @@ def check(
         result = check_frames(_load_results(baseline), _load_results(results), tolerance)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
+    if format == "md":
+        sys.stdout.write(result.markdown(f"evalsuite check against {baseline.name}") + "\n")
+        if not result.ok:
+            raise typer.Exit(1)
+        return
     if not _machine_output(result.table, format):
-        style = {"ok": "green", "regressed": "bold red", "missing": "bold yellow"}
+        style = {"ok": "green", "improved": "bold green", "regressed": "bold red", "missing": "bold yellow"}
         _print_frame(result.table, f"check against {baseline}", {"status": lambda v: f"[{style[v]}]{v}[/]"})
     if not result.ok:
         err.print(f"[bold red]FAILED[/]: {len(result.regressions)} regressed, {len(result.missing)} missing")

@@ -195,6 +195,10 @@ class TaskOutput:
     # that the metric is their mean (top-1: 100 or 0 per image, averaged over probe seeds). Two runs
     # on the same data can then be compared pairwise (``evalsuite compare`` bootstraps the delta).
     per_sample: dict[str, list[float]] = field(default_factory=dict)
+    # A dataset-level metric (mIoU: summed intersections over summed unions) is no mean of per-image
+    # scores; its per-image sufficient statistics let `compare` bootstrap it over images instead
+    # (``{"statistic": "segmentation-miou", ...}``, see `SegmentationMeter.dataset_samples`).
+    dataset_samples: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Files a run produces besides its numbers (e.g. VQA test-dev answers for the evaluation server):
     # name → text, written beside the record in ``<record stem>.artifacts/<name>``.
     artifacts: dict[str, str] = field(default_factory=dict)

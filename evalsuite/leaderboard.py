@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
+from .metrics import miou_of_resamples, segmentation_areas
 from .records import RunRecord, iter_records
 
 TIDY_COLUMNS = [
@@ -150,6 +152,38 @@ def pivots(frame: pd.DataFrame, column: str = "value") -> dict[str, pd.DataFrame
     return tables
 
 
+PUBLISHED = Path(__file__).resolve().parent.parent / "results" / "published.csv"
+PUBLISHED_COLUMNS = ["backbone", "task", "protocol", "metric", "split", "value", "source"]
+
+
+def load_published(path: str | Path = PUBLISHED) -> pd.DataFrame:
+    """Published numbers (backbone, task, protocol, metric, split, value, source): the fact sheet."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no published numbers at {path} (give --published-csv PATH)")
+    table = pd.read_csv(path)
+    lacking = [c for c in PUBLISHED_COLUMNS if c not in table]
+    if lacking:
+        raise ValueError(f"{path} lacks the columns {', '.join(lacking)} (expected {', '.join(PUBLISHED_COLUMNS)})")
+    return table
+
+
+def beside_published(frame: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
+    """Our real-data cells next to the published number of the same backbone (official weights: a
+    ``name@checkpoint`` label never matches), task label and metric: ours, published, ours − published.
+    Mini cells never get a published number — generated data is not the benchmark."""
+    ours = cells(latest(frame))
+    ours = ours[ours["data"] == "real"]
+    pub = published.assign(label=published["task"] + "/" + published["protocol"])
+    merged = ours.merge(pub.rename(columns={"value": "published", "split": "published_split"}),
+                        left_on=["task", "backbone", "metric"], right_on=["label", "backbone", "metric"],
+                        suffixes=("", "_published"))
+    merged = merged.rename(columns={"value": "ours"})
+    merged["difference"] = merged["ours"] - merged["published"]
+    return merged[["backbone", "task", "metric", "ours", "std", "published", "difference", "higher_is_better",
+                   "published_split", "source"]].sort_values(["task", "backbone", "metric"]).reset_index(drop=True)
+
+
 def _arrow(higher: pd.Series) -> pd.Series:
     return higher.astype(bool).map({True: " ↑", False: " ↓"})
 
@@ -199,10 +233,30 @@ def _markdown(table: pd.DataFrame, spread: pd.DataFrame | None = None) -> str:
 # ---------------------------------------------------------------------------------------
 # compare and check
 # ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AreaSamples:
+    """Per-image areas (N×3×C: intersection, union, labelled) of a dataset-level mIoU: what a
+    bootstrap resamples (images) before recomputing the statistic (summed I over summed U)."""
+
+    areas: torch.Tensor
+    absent: str
+    scale: float
+
+    def __len__(self) -> int:
+        return self.areas.shape[0]
+
+    def statistic(self, weights: torch.Tensor) -> torch.Tensor:
+        return miou_of_resamples(self.areas, weights, self.absent, self.scale)
+
+
 def paired_bootstrap(a, b, resamples: int = 10_000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of ``b − a`` over paired samples (the same images scored by two runs) and its percentile
+    """Delta ``b − a`` over paired samples (the same images scored by two runs) and its percentile
     bootstrap interval: samples are resampled with replacement, pairs kept together, so the interval
-    reflects which images happened to be in the test set and not only each run's own noise."""
+    reflects which images happened to be in the test set and not only each run's own noise. Scores
+    give the mean delta; `AreaSamples` give the delta of the dataset-level statistic, recomputed on
+    every resample."""
+    if isinstance(a, AreaSamples) or isinstance(b, AreaSamples):
+        return _bootstrap_areas(a, b, resamples, level, seed)
     d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
     if d.ndim != 1 or len(d) == 0:
         raise ValueError(f"paired samples must be two equal-length, non-empty vectors, got shape {d.shape}")
@@ -214,24 +268,69 @@ def paired_bootstrap(a, b, resamples: int = 10_000, level: float = 0.95, seed: i
     return float(d.mean()), float(lo), float(hi)
 
 
-def load_samples(source: str | Path, frame: pd.DataFrame | None = None) -> dict[tuple, tuple[str, np.ndarray]]:
+def _resample_counts(n: int, resamples: int, seed: int):
+    """Chunks of R×n bootstrap counts (how often each sample is drawn), bounded in memory."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 2_000_000 // n)
+    for start in range(0, resamples, chunk):
+        rows = min(chunk, resamples - start)
+        counts = np.zeros((rows, n))
+        np.add.at(counts, (np.arange(rows)[:, None], rng.integers(0, n, (rows, n))), 1)
+        yield torch.from_numpy(counts)
+
+
+def _bootstrap_areas(a, b, resamples: int, level: float, seed: int) -> tuple[float, float, float]:
+    if not (isinstance(a, AreaSamples) and isinstance(b, AreaSamples)) or len(a) != len(b) or len(a) == 0:
+        raise ValueError("a dataset-level statistic pairs only with the same statistic on the same, non-empty images")
+    whole = torch.ones(1, len(a), dtype=torch.float64)
+    point = (b.statistic(whole) - a.statistic(whole)).item()
+    deltas = [(b.statistic(c) - a.statistic(c)).numpy() for c in _resample_counts(len(a), resamples, seed)]
+    lo, hi = np.nanquantile(np.concatenate(deltas), [(1 - level) / 2, (1 + level) / 2])
+    return point, float(lo), float(hi)
+
+
+def bootstrap_interval(samples, resamples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """The percentile-bootstrap interval of one cell's metric over its test samples (an error bar for
+    the cell itself; `paired_bootstrap` bounds a difference between two cells)."""
+    if isinstance(samples, AreaSamples):
+        values = np.concatenate([samples.statistic(c).numpy() for c in _resample_counts(len(samples), resamples, seed)])
+    else:
+        scores = np.asarray(samples, dtype=np.float64)
+        values = np.concatenate([(c.numpy() @ scores) / len(scores) for c in _resample_counts(len(scores), resamples, seed)])
+    lo, hi = np.nanquantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def load_samples(source: str | Path, frame: pd.DataFrame | None = None) -> dict[tuple, tuple[str, object]]:
     """Per-sample scores of every cell of a record folder (CSV files carry none): cell key →
-    (data manifest, scores averaged over the cell's run seeds). Cells whose records disagree on the
-    data, or lack per-sample scores, are left out. ``frame``: the folder's `load_tidy`, if already read."""
+    (data manifest, scores averaged over the cell's run seeds — or, for a dataset-level metric,
+    `AreaSamples` with areas averaged over seeds). Cells whose records disagree on the data, or lack
+    per-sample scores, are left out. ``frame``: the folder's `load_tidy`, if already read."""
     source = Path(source)
     if not source.is_dir():
         return {}
-    runs = {rec.run_id: (rec.data["identity"], rec.per_sample)
-            for _, rec in iter_records(source, skipped=[]) if rec.status == "ok" and rec.per_sample}
+    runs = {rec.run_id: (rec.data["identity"], rec.per_sample, rec.dataset_samples)
+            for _, rec in iter_records(source, skipped=[])
+            if rec.status == "ok" and (rec.per_sample or rec.dataset_samples)}
     out = {}
     for key, group in latest(load_tidy(source) if frame is None else frame).groupby(CELL):
         found = [runs.get(r) for r in group["run_id"]]
         metric = key[-1]
-        if any(f is None or metric not in f[1] for f in found):
+        if any(f is None for f in found):
             continue
-        manifests, scores = {f[0] for f in found}, [np.asarray(f[1][metric]) for f in found]
-        if len(manifests) == 1 and len({len(s) for s in scores}) == 1:
-            out[key] = (manifests.pop(), np.mean(scores, axis=0))
+        manifests = {f[0] for f in found}
+        if len(manifests) != 1:
+            continue
+        if all(metric in f[1] for f in found):
+            scores = [np.asarray(f[1][metric]) for f in found]
+            if len({len(s) for s in scores}) == 1:
+                out[key] = (manifests.pop(), np.mean(scores, axis=0))
+        elif all(metric in f[2] for f in found):
+            entries = [f[2][metric] for f in found]
+            areas = [segmentation_areas(e) for e in entries]
+            if len({a.shape for a in areas}) == 1 and len({(e["absent"], e["scale"]) for e in entries}) == 1:
+                out[key] = (manifests.pop(), AreaSamples(torch.stack(areas).mean(dim=0), entries[0]["absent"],
+                                                         entries[0]["scale"]))
     return out
 
 
@@ -267,24 +366,32 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, samples_a: dict | None = None, sam
     gain = merged["delta"] * sign
     merged["better"] = gain.map(lambda g: "b" if g > 0 else "a" if g < 0 else ("=" if g == 0 else "?"))
     cols = keys + [c for c in ("backbone_a", "backbone_b") if c in merged] + ["value_a", "value_b", "delta", "higher_is_better", "better"]
-    if samples_a and samples_b:
-        bounds = [_delta_interval(row, keys, samples_a, samples_b) for _, row in merged.iterrows()]
-        merged["ci95_low"] = [lo for lo, _ in bounds]
-        merged["ci95_high"] = [hi for _, hi in bounds]
-        cols += ["ci95_low", "ci95_high"]
+    bounds = [_delta_interval(row, keys, samples_a or {}, samples_b or {}) for _, row in merged.iterrows()]
+    merged["ci95_low"] = [lo for lo, _, _ in bounds]
+    merged["ci95_high"] = [hi for _, hi, _ in bounds]
+    merged["interval"] = [note for _, _, note in bounds]
+    cols += ["ci95_low", "ci95_high", "interval"]
     return merged[cols].sort_values(keys).reset_index(drop=True)
 
 
-def _delta_interval(row: pd.Series, keys: list[str], samples_a: dict, samples_b: dict) -> tuple[float, float]:
+def _delta_interval(row: pd.Series, keys: list[str], samples_a: dict, samples_b: dict) -> tuple[float, float, str]:
+    """(low, high, note): the paired-bootstrap 95 % interval of the delta, or NaNs and why there is
+    none — never a zero that could read as "no difference"."""
     def cell(side: str) -> tuple:
         backbone = row["backbone"] if "backbone" in keys else row[f"backbone_{side}"]
         return row["data"], row["world"], row["task"], backbone, row["metric"]
 
     a, b = samples_a.get(cell("a")), samples_b.get(cell("b"))
-    if a is None or b is None or a[0] != b[0] or len(a[1]) != len(b[1]):
-        return float("nan"), float("nan")
+    none = float("nan"), float("nan")
+    if a is None or b is None:
+        sides = " and ".join(side for side, s in (("A", a), ("B", b)) if s is None)
+        return *none, f"no interval: {sides} kept no per-sample scores for this cell"
+    if a[0] != b[0]:
+        return *none, "no interval: A and B were scored on different data"
+    if len(a[1]) != len(b[1]) or type(a[1]) is not type(b[1]):
+        return *none, "no interval: the two sides' samples do not pair"
     _, lo, hi = paired_bootstrap(a[1], b[1])
-    return lo, hi
+    return lo, hi, f"[{lo:.4g}, {hi:.4g}]"
 
 
 @dataclass
@@ -296,6 +403,32 @@ class CheckResult:
     @property
     def ok(self) -> bool:
         return self.regressions.empty and self.missing.empty
+
+    def markdown(self, title: str = "evalsuite check") -> str:
+        """A summary for a pull request or ``$GITHUB_STEP_SUMMARY``: the verdict, then the regressed,
+        missing and improved cells (beyond tolerance), each a table; cells within tolerance are counted."""
+        counts = self.table["status"].value_counts()
+        verdict = "✅ passed" if self.ok else "❌ failed"
+        lines = [f"## {title}: {verdict}", "",
+                 " · ".join(f"{counts.get(s, 0)} {s}" for s in ("regressed", "missing", "improved", "ok")), ""]
+        for status, heading in (("regressed", "Regressed"), ("missing", "Missing"), ("improved", "Improved")):
+            part = self.table[self.table["status"] == status]
+            if part.empty:
+                continue
+            lines += [f"### {heading}", "", "| data | task | backbone | metric | baseline | now | delta | tolerance |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for _, r in part.iterrows():
+                data = r["data"] + (f" {r['world']}" if r["world"] else "")
+                now = "—" if pd.isna(r["value"]) else f"{r['value']:.4g}"
+                delta = "—" if pd.isna(r["delta"]) else f"{r['delta']:+.4g} {'↑' if r['higher_is_better'] else '↓'}"
+                lines.append(f"| {data} | {_md_cell(r['task'])} | {_md_cell(r['backbone'])} | {r['metric']} | "
+                             f"{r['value_base']:.4g} | {now} | {delta} | {r['tolerance']:.4g} |")
+            lines.append("")
+        return "\n".join(lines)
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|")
 
 
 def check(baseline: pd.DataFrame, current: pd.DataFrame, tolerance: float | None = None) -> CheckResult:
@@ -312,8 +445,9 @@ def check(baseline: pd.DataFrame, current: pd.DataFrame, tolerance: float | None
     merged["delta"] = merged["value"] - merged["value_base"]
     merged["tolerance"] = tol.fillna(0.0)
     merged["status"] = "ok"
-    worse = (merged["delta"] * sign) < -merged["tolerance"]
-    merged.loc[worse, "status"] = "regressed"
+    gain = merged["delta"] * sign
+    merged.loc[gain > merged["tolerance"], "status"] = "improved"
+    merged.loc[gain < -merged["tolerance"], "status"] = "regressed"
     merged.loc[merged["value"].isna(), "status"] = "missing"
     table = merged[CELL + ["value_base", "value", "delta", "tolerance", "higher_is_better", "status"]]
     return CheckResult(table, table[table["status"] == "regressed"], table[table["status"] == "missing"])

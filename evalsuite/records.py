@@ -18,6 +18,7 @@ from typing import Any, Literal
 from . import EvalsuiteWarning
 from .contracts import Metric
 from .fileio import atomic_write_text
+from .metrics import dataset_statistic
 
 SCHEMA_VERSION = 2  # 2: data.identity (was manifest_sha256), task.protocol/operational, settings
 Status = Literal["ok", "failed"]
@@ -40,6 +41,7 @@ class RunRecord:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     selected: dict[str, Any] = field(default_factory=dict)
     per_sample: dict[str, list[float]] = field(default_factory=dict)  # metric → report-split scores (mean = value)
+    dataset_samples: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric → per-image areas (statistic = value)
     timings: dict[str, float] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)  # operational: batch size, workers, device, amp
@@ -50,7 +52,7 @@ class RunRecord:
     def __post_init__(self) -> None:
         if self.status == "failed" and self.metrics:
             raise ValueError("a failed run carries no metrics")
-        if self.status == "failed" and self.per_sample:
+        if self.status == "failed" and (self.per_sample or self.dataset_samples):
             raise ValueError("a failed run carries no per-sample scores")
         if self.status == "ok":
             for m in self.metrics:
@@ -64,6 +66,11 @@ class RunRecord:
                 if abs(sum(scores) / len(scores) - values[name]) > 1e-3 * max(1.0, abs(values[name])):
                     raise ValueError(f"the per-sample scores of {name!r} average {sum(scores) / len(scores):.6g}, "
                                      f"not the reported {values[name]:.6g}")
+            for name, samples in self.dataset_samples.items():
+                whole = dataset_statistic(samples) if name in values else float("nan")
+                if not abs(whole - values.get(name, whole)) <= 1e-3 * max(1.0, abs(whole)):
+                    raise ValueError(f"the dataset samples of {name!r} give {whole:.6g}, not the reported "
+                                     f"{values.get(name, float('nan')):.6g} (or belong to no reported metric)")
 
     @property
     def metric_objects(self) -> list[Metric]:

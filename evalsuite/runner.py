@@ -167,6 +167,7 @@ def execute(cell: Cell, *, out_dir: Path, device: torch.device, amp: bool | None
             **base, status="ok", finished_at=_now(), backbone=bb_info,
             metrics=[m.__dict__ for m in output.metrics], selected=output.selected,
             per_sample={k: [round(float(v), 4) for v in scores] for k, scores in output.per_sample.items()},
+            dataset_samples=output.dataset_samples,
             timings={"load_s": t_task - t_load, "task_s": t_end - t_task, "total_s": t_end - t0}, artifacts=artifacts,
         )
     except Exception as exc:

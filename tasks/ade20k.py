@@ -114,7 +114,7 @@ class SegmentationTarget:
         for pred, target in results:
             meter.update(pred, target)
         out = meter.compute()
-        return {k: 100 * out[k] for k in ("mIoU", "mAcc", "aAcc")}, {}
+        return {k: 100 * out[k] for k in ("mIoU", "mAcc", "aAcc")}, {"mIoU": meter.dataset_samples(scale=100.0)}
 
     def definition(self, name: str, p) -> str | None:
         return MIOU_DEFINITIONS[p.miou_absent] if name == "mIoU" else None

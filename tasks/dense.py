@@ -681,12 +681,14 @@ def run_dense(backbone: Backbone, cfg: TaskConfig, ctx: RunContext, target: Dens
                          beta1_schedule=engine.one_cycle_momentum(iters) if p.beta1_cycle else None,
                          work_dir=work_dir, seed=ctx.seed, resume=True, checkpoint_interval=p.checkpoint_interval,
                          amp_dtype=ctx.amp_dtype)
-    metrics, per_sample = evaluate(model, target, test_base, p, pre, ctx, n_out)
+    metrics, samples = evaluate(model, target, test_base, p, pre, ctx, n_out)
     out = [Metric(name, value, cfg.protocol.report_split, name in target.higher_is_better,
                   primary=name == cfg.primary_metric, definition=target.definition(name, p))
            for name, value in metrics.items()]
+    # per-image scores (depth) average to their metric; dataset-level ones (mIoU) carry per-image areas
     return TaskOutput(out, {**info, "layers": list(layers), "iterations": iters, "selection": "last iteration"},
-                      per_sample=per_sample)
+                      per_sample={k: v for k, v in samples.items() if not isinstance(v, dict)},
+                      dataset_samples={k: v for k, v in samples.items() if isinstance(v, dict)})
 
 
 @torch.inference_mode()

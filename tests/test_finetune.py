@@ -146,6 +146,7 @@ def test_end_to_end_protocols_run_on_mini(tmp_path, protocol, extra):
     assert rec.status == "ok" and rec.task["label"] == f"imagenet/{protocol}"
     metrics = {m["name"]: m["value"] for m in rec.metrics}
     assert 0 <= metrics["top1"] <= metrics["top5"] <= 100
+    assert len(rec.per_sample["top1"]) == 300 and set(rec.per_sample["top1"]) <= {0.0, 100.0}  # per val image
     head = 192 * 2 + 192 * 15 + 15  # fc_norm + linear head of the 15 mini classes
     trainable = rec.selected["trainable_params"]
     if protocol == "ln-ft":

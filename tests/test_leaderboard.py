@@ -1,9 +1,11 @@
+import io
+
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from evalsuite.cli import app
-from evalsuite.leaderboard import check, compare, load_tidy, pivots, record_world, render
+from evalsuite.leaderboard import check, compare, load_samples, load_tidy, pivots, record_world, render
 
 COLS = ["data", "world", "task", "backbone", "metric", "value", "higher_is_better", "primary", "tolerance", "seed", "weights",
         "task_version", "finished_at", "split"]
@@ -108,6 +110,25 @@ def test_check_cli_exit_codes(tmp_path):
     assert runner.invoke(app, ["check", str(empty), "--baseline", str(base)]).exit_code == 1
 
 
+def test_check_markdown_summary_lists_regressed_missing_and_improved(tmp_path):
+    base = frame([("real", "cls", "m", "top1", 70.0, True), ("real", "depth", "m", "rmse", 0.40, False),
+                  ("real", "seg", "m", "miou", 40.0, True), ("real", "vqa", "m", "acc", 60.0, True)])
+    cur = frame([("real", "cls", "m", "top1", 65.0, True), ("real", "depth", "m", "rmse", 0.20, False),
+                 ("real", "vqa", "m", "acc", 62.0, True)])
+    result = check(base, cur)
+    assert result.table.set_index("task")["status"].to_dict() == {"cls": "regressed", "depth": "ok",  # within 0.5
+                                                                   "seg": "missing", "vqa": "improved"}
+    base.to_csv(tmp_path / "base.csv", index=False)
+    cur.to_csv(tmp_path / "cur.csv", index=False)
+    out = CliRunner().invoke(app, ["check", str(tmp_path / "cur.csv"), "--baseline", str(tmp_path / "base.csv"), "-f", "md"])
+    assert out.exit_code == 1
+    md = out.output
+    assert md.startswith("## evalsuite check against base.csv: ❌ failed") and "1 regressed · 1 missing · 1 improved · 1 ok" in md
+    assert md.index("### Regressed") < md.index("### Missing") < md.index("### Improved")
+    assert "| real | cls | m | top1 | 70 | 65 | -5 ↑ | 0.5 |" in md and "| real | seg | m | miou | 40 | — | — | 0.5 |" in md
+    assert "| real | vqa | m | acc | 60 | 62 | +2 ↑ | 0.5 |" in md and "| depth |" not in md
+
+
 def test_mini_worlds_are_never_averaged_as_seeds_nor_stand_in_for_each_other():
     """Two generated worlds (other scenes) are two datasets: separate tables and separate cells."""
     rows = pd.concat([frame([("mini", "t", "b", "m", 30.0, True)], world="seed0-small"),
@@ -162,10 +183,13 @@ def test_compare_bounds_the_delta_only_where_both_sides_scored_the_same_images()
     samples_b = {key: ("manifest", [100.0] * 6 + [0.0] * 4)}
     table = compare(a, b, samples_a, samples_b).set_index("task")
     assert table.loc["cls", "ci95_low"] == 0.0 and table.loc["cls", "ci95_high"] > 10.0
-    assert table.loc["seg", ["ci95_low", "ci95_high"]].isna().all()  # no per-sample scores
+    assert table.loc["seg", ["ci95_low", "ci95_high"]].isna().all()  # no per-sample scores, and it says so
+    assert table.loc["seg", "interval"] == "no interval: A and B kept no per-sample scores for this cell"
     other_data = {key: ("another manifest", samples_b[key][1])}
-    assert compare(a, b, samples_a, other_data).set_index("task")[["ci95_low", "ci95_high"]].isna().all().all()
-    assert "ci95_low" not in compare(a, b).columns
+    table = compare(a, b, samples_a, other_data).set_index("task")
+    assert table[["ci95_low", "ci95_high"]].isna().all().all()
+    assert table.loc["cls", "interval"] == "no interval: A and B were scored on different data"
+    assert compare(a, b)["interval"].str.startswith("no interval").all()
 
 
 def test_compare_cli_bounds_the_delta_from_record_folders(tmp_path, monkeypatch):
@@ -189,7 +213,115 @@ def test_compare_cli_bounds_the_delta_from_record_folders(tmp_path, monkeypatch)
     record("b", "rb", [100.0] * 70 + [0.0] * 30)  # fixes 30 images, breaks none
     result = CliRunner().invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b")])
     assert result.exit_code == 0, result.output
-    assert "ci95_low" in result.output and "ci95_high" in result.output
+    assert "95 % interval of the delta" in result.output
     row = next(line for line in result.output.splitlines() if "top1" in line)
-    low, high = (float(cell) for cell in row.replace("│", " ").split()[-2:])
+    low, high = (float(cell) for cell in row[row.index("[") + 1 : row.index("]")].split(","))
     assert 20 < low < 30 < high < 40
+
+
+def test_published_numbers_sit_beside_real_cells_only(tmp_path):
+    rows = pd.concat([frame([("real", "imagenet/linear", "dinov2-b14", "top1", 83.0, True),
+                             ("real", "imagenet/linear", "dinov2-b14@my-run", "top1", 85.0, True),
+                             ("real", "nyuv2/pixio/dpt", "pixio-h16", "d1", 95.0, True)]),
+                      frame([("mini", "imagenet/linear", "dinov2-s14", "top1", 40.0, True)])], ignore_index=True)
+    rows.to_csv(tmp_path / "tidy.csv", index=False)
+    out = CliRunner().invoke(app, ["leaderboard", str(tmp_path / "tidy.csv"), "--published", "-f", "csv"])
+    assert out.exit_code == 0, out.output
+    table = pd.read_csv(io.StringIO(out.output)).set_index("backbone")
+    assert list(table.index) == ["dinov2-b14", "pixio-h16"]  # not the mini cell, not a custom checkpoint
+    assert table.loc["dinov2-b14", "published"] == 84.5 and table.loc["dinov2-b14", "difference"] == pytest.approx(-1.5)
+    assert table.loc["pixio-h16", "difference"] == pytest.approx(-0.5) and "Pixio paper" in table.loc["pixio-h16", "source"]
+    mini = tmp_path / "mini.csv"
+    frame([("mini", "imagenet/linear", "dinov2-b14", "top1", 40.0, True)]).to_csv(mini, index=False)
+    none = CliRunner().invoke(app, ["leaderboard", str(mini), "--published"])
+    assert none.exit_code == 1 and "mini-world cells never do" in none.output
+
+
+def test_the_bootstrap_interval_covers_a_known_mean_about_95_percent_of_the_time():
+    import numpy as np
+
+    from evalsuite.leaderboard import paired_bootstrap
+
+    rng = np.random.default_rng(1)
+    covered = 0
+    for trial in range(200):  # paired scores whose true mean delta is 1.0
+        a = rng.normal(50, 10, 80)
+        b = a + rng.normal(1.0, 3.0, 80)
+        _, lo, hi = paired_bootstrap(a, b, resamples=1000, seed=trial)
+        covered += lo <= 1.0 <= hi
+    assert 0.89 <= covered / 200 <= 0.99, covered
+
+
+def segmentation_samples(preds_and_targets, num_classes=4, absent="exclude"):
+    import torch
+
+    from evalsuite.metrics import SegmentationMeter
+
+    meter = SegmentationMeter(num_classes, absent=absent)
+    for pred, target in preds_and_targets:
+        meter.update(torch.tensor(pred), torch.tensor(target))
+    return meter, meter.dataset_samples()
+
+
+@pytest.mark.parametrize("absent", ["exclude", "zero"])
+def test_the_miou_bootstrap_recomputes_the_dataset_level_miou_of_each_resample(absent):
+    import numpy as np
+    import torch
+
+    from evalsuite.leaderboard import AreaSamples, paired_bootstrap
+    from evalsuite.metrics import SegmentationMeter, dataset_statistic, segmentation_areas
+
+    rng = np.random.default_rng(0)
+    images = [(rng.integers(0, 4, (6, 6)), rng.integers(0, 4, (6, 6))) for _ in range(7)]
+    images = [(p, np.where(t == 3, 255, t)) for p, t in images]  # some ignored pixels
+    better = [(np.where(rng.random(t.shape) < 0.5, np.where(t == 255, 0, t), p), t) for p, t in images]
+    meter_a, samples_a = segmentation_samples(images, absent=absent)
+    meter_b, samples_b = segmentation_samples(better, absent=absent)
+    assert dataset_statistic(samples_a) == pytest.approx(100 * meter_a.compute()["mIoU"])
+    side_a = AreaSamples(segmentation_areas(samples_a), absent, 100.0)
+    side_b = AreaSamples(segmentation_areas(samples_b), absent, 100.0)
+    point, lo, hi = paired_bootstrap(side_a, side_b, resamples=300, seed=5)
+
+    def brute(pairs, idx):  # a fresh meter on the drawn images: the definition itself
+        meter = SegmentationMeter(4, absent=absent)
+        for i in idx:
+            meter.update(torch.tensor(pairs[i][0]), torch.tensor(pairs[i][1]))
+        return 100 * meter.compute()["mIoU"]
+
+    draws = np.random.default_rng(5).integers(0, 7, (300, 7))  # the bootstrap's own draws (one chunk)
+    deltas = [brute(better, d) - brute(images, d) for d in draws]
+    assert point == pytest.approx(brute(better, range(7)) - brute(images, range(7)))
+    assert (lo, hi) == pytest.approx(tuple(np.nanquantile(deltas, [0.025, 0.975])))
+    assert paired_bootstrap(side_a, side_a) == (0.0, 0.0, 0.0)  # identical runs: a zero-width interval
+
+
+def test_a_segmentation_record_keeps_its_areas_and_compare_bounds_its_miou(tmp_path):
+    import numpy as np
+
+    from evalsuite.leaderboard import AreaSamples
+    from evalsuite.records import RunRecord, write_record
+
+    rng = np.random.default_rng(0)
+    pairs = [(rng.integers(0, 4, (8, 8)), rng.integers(0, 4, (8, 8))) for _ in range(30)]
+    improved = [(np.where(rng.random(t.shape) < 0.6, t, p), t) for p, t in pairs]
+    for folder, data in (("a", pairs), ("b", improved)):
+        meter, samples = segmentation_samples(data)
+        miou = 100 * meter.compute()["mIoU"]
+        rec = RunRecord(run_id=folder, cell_key=folder * 16, status="ok", started_at="t0", finished_at="2026-01-01T00:00:00",
+                        evalsuite_version="0", git_sha=None, git_dirty=None,
+                        task={"name": "ade20k", "label": "ade20k/pixio/linear", "version": 3, "tolerance": 0.5},
+                        data={"source": "mini", "world": "seed0-small", "root": "/x", "identity": "abc"},
+                        backbone={"name": "pixio-tiny", "label": "pixio-tiny", "weights": "random"}, seed=0,
+                        metrics=[{"name": "mIoU", "value": miou, "split": "validation", "higher_is_better": True,
+                                  "primary": True, "std": None}], dataset_samples={"mIoU": samples})
+        write_record(rec, tmp_path / folder / "r.json")
+    table = compare(load_tidy(tmp_path / "a"), load_tidy(tmp_path / "b"),
+                    load_samples(tmp_path / "a"), load_samples(tmp_path / "b")).iloc[0]
+    assert isinstance(load_samples(tmp_path / "a")[("mini", "seed0-small", "ade20k/pixio/linear", "pixio-tiny", "mIoU")][1],
+                      AreaSamples)
+    assert table["ci95_low"] > 0 and table["interval"].startswith("[")
+    with pytest.raises(ValueError, match="dataset samples of 'mIoU' give"):
+        RunRecord(run_id="c", cell_key="c" * 16, status="ok", started_at="t0", finished_at="t1", evalsuite_version="0",
+                  git_sha=None, git_dirty=None, task={}, data={}, backbone={}, seed=0,
+                  metrics=[{"name": "mIoU", "value": 99.0, "split": "validation", "higher_is_better": True,
+                            "primary": True, "std": None}], dataset_samples={"mIoU": samples})

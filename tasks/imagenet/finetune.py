@@ -35,6 +35,8 @@ from evalsuite.finetune import (
 )
 from evalsuite.metrics import topk_accuracy
 
+from .heads import top1_hits
+
 
 class AugmentedImages(Dataset):
     """(index, epoch) → (augmented image, label), the augmentation's global RNGs keyed by the item."""
@@ -120,7 +122,8 @@ def classifier(backbone: Backbone, num_classes: int, p, seed: int):
 
 
 @torch.inference_mode()
-def evaluate(model, dataset: Dataset, ctx: RunContext, batch_size: int) -> dict[int, float]:
+def evaluate(model, dataset: Dataset, ctx: RunContext, batch_size: int) -> tuple[dict[int, float], torch.Tensor]:
+    """(top-1/top-5 accuracy, per-image top-1 hits) of ``model`` on ``dataset``."""
     model.eval()
     logits, labels = [], []
     for images, y in DataLoader(dataset, batch_size=batch_size, num_workers=ctx.num_workers):
@@ -130,13 +133,14 @@ def evaluate(model, dataset: Dataset, ctx: RunContext, batch_size: int) -> dict[
     logits = torch.cat(logits)
     if not torch.isfinite(logits).all():  # argmax of NaN would still give an accuracy
         raise FloatingPointError("non-finite logits: the fine-tuning diverged")
-    return topk_accuracy(logits, torch.cat(labels), ks=(1, 5))
+    labels = torch.cat(labels)
+    return topk_accuracy(logits, labels, ks=(1, 5)), top1_hits(logits, labels)
 
 
 def run_end_to_end(backbone: Backbone, p, trainable: str, ctx: RunContext, train: Dataset, train_rows: torch.Tensor,
-                   val: Dataset, num_classes: int, seed: int, preprocess: Preprocess) -> tuple[dict[int, float], dict]:
+                   val: Dataset, num_classes: int, seed: int, preprocess: Preprocess) -> tuple[dict[int, float], dict, torch.Tensor]:
     """Train one seed (the ``trainable`` part of the backbone, see `select_trainable`) on
-    ``train[train_rows]`` and score the final model on val."""
+    ``train[train_rows]`` and score the final model on val: (accuracies, info, per-image top-1 hits)."""
     depth = len(transformer_blocks(backbone))
     select_trainable(backbone, trainable, getattr(p, "blocks", 0))
     if p.drop_path:
@@ -160,6 +164,6 @@ def run_end_to_end(backbone: Backbone, p, trainable: str, ctx: RunContext, train
                          weight_decay=p.weight_decay, schedule=schedule, work_dir=work_dir, seed=seed, resume=True,
                          checkpoint_interval=p.checkpoint_interval, amp_dtype=ctx.amp_dtype, param_groups=groups,
                          hooks=[iteration_seed_hook(seed, distributed.rank())])
-    acc = evaluate(model, val, ctx, batch_size=ctx.batch_size)
+    acc, hits = evaluate(model, val, ctx, batch_size=ctx.batch_size)
     trainable = sum(t.numel() for t in model.parameters() if t.requires_grad)
-    return acc, {"iterations": iters, "lr": lr, "trainable_params": trainable, "epochs": math.ceil(iters / steps_per_epoch)}
+    return acc, {"iterations": iters, "lr": lr, "trainable_params": trainable, "epochs": math.ceil(iters / steps_per_epoch)}, hits

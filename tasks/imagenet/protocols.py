@@ -304,16 +304,18 @@ def end_to_end(trainable: str):
         p = cfg.params
         _, val, rows = open_train_val(backbone, cfg, ctx)
         train = load_split(ctx.data_root, "train", transform=None)  # PIL images: the recipe augments them
-        runs = []
+        runs, correct = [], []
         for seed in range(ctx.seed, ctx.seed + p.seeds):
             model = copy.deepcopy(backbone) if p.seeds > 1 else backbone
-            acc, info = run_end_to_end(model, p, trainable, ctx, train, rows, val, len(val.classes), seed,
-                                       preprocess=backbone.meta.preprocess_for(cfg.protocol.name))
+            acc, info, hits = run_end_to_end(model, p, trainable, ctx, train, rows, val, len(val.classes), seed,
+                                             preprocess=backbone.meta.preprocess_for(cfg.protocol.name))
             runs.append({"seed": seed, "top1": 100 * acc[1], "top5": 100 * acc[5], **info})
+            correct.append(hits)
         selected = {"selection": "final model (no epoch selection)", "labelled_images": len(rows),
                     **({k: v for k, v in runs[0].items() if k not in ("seed", "top1", "top5")} if len(runs) == 1
                        else {"per_seed": runs})}
-        return TaskOutput(seed_metrics(runs, {"top1": "val", "top5": "val"}), selected=selected)
+        return TaskOutput(seed_metrics(runs, {"top1": "val", "top5": "val"}), selected=selected,
+                          per_sample={"top1": per_image_top1(correct)})
 
     return run
 
