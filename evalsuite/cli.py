@@ -417,6 +417,7 @@ def _list_backbones() -> None:
         table.add_row(name, spec.family, f"{meta.num_params / 1e6:.2f}M", str(meta.patch_size), str(meta.embed_dim),
                       str(meta.depth), str(meta.num_cls_tokens), ",".join(map(str, meta.default_layers)), weights)
     _print_table(table)
+    console.print("and timm:<model> for any timm model with forward_intermediates (e.g. timm:convnext_tiny)", highlight=False)
 
 
 def _list_tasks() -> None:
@@ -587,6 +588,87 @@ def pretrain(
     with _progress() as progress:
         path = run_pretrain(cfg, progress)
     console.print(f"checkpoint: {path}  (evaluate with --weights {path})", highlight=False)
+
+
+@app.command()
+def sweep(
+    backbones: List[str] = typer.Option(..., "--backbones", "-b", help="Backbones (repeat, or comma-separated)."),
+    tasks: List[str] = typer.Option(..., "--tasks", "-t", help="Tasks (repeat, or comma-separated)."),
+    protocols: List[str] = typer.Option([], "--protocols", help="Protocols, applied to the tasks that have them."),
+    seeds: int = typer.Option(1, help="Seeds per cell (0..N−1 from --first-seed)."),
+    first_seed: int = typer.Option(0),
+    weights: List[str] = typer.Option([], "--weights", "-w", help="Checkpoints (repeat): each backbone × each weights."),
+    executor: str = typer.Option("local", help="local | torchrun | slurm"),
+    processes: int = typer.Option(2, help="torchrun: processes per cell."),
+    data: str = typer.Option("real", help="'real' or 'mini'."),
+    data_root: Optional[str] = typer.Option(None),
+    mini_size: str = typer.Option("small"),
+    mini_seed: int = typer.Option(0),
+    param: List[str] = typer.Option([], "--param", "-p", help="KEY=VALUE for every cell."),
+    out: Path = typer.Option(Path("results/runs"), help="Folder of records (shared by concurrent sweeps safely)."),
+    batch_size: int = typer.Option(64),
+    device: Optional[str] = typer.Option(None),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the cells, their state and estimated cost; run nothing."),
+    format: str = typer.Option("table", "--format", "-f", help="--dry-run output: table|csv|json"),
+    partition: Optional[str] = typer.Option(None, help="slurm: partition."),
+    gpus_per_node: int = typer.Option(0, help="slurm: GPUs per job (one task per GPU)."),
+    timeout_min: int = typer.Option(24 * 60, help="slurm: time limit per job."),
+    account: Optional[str] = typer.Option(None, help="slurm: account."),
+    cluster: str = typer.Option("slurm", help="slurm: 'slurm', or 'local' to run the jobs here through submitit."),
+    folder: Path = typer.Option(Path("results/slurm"), help="slurm: job logs."),
+):
+    """Backbones × tasks × protocols × seeds × weights, one cell at a time: finished cells are skipped,
+    failed and killed ones run again, a failing cell never stops the sweep (exit 1 at the end)."""
+    from .sweep import RunOptions, dry_run_rows, plan, run_sweep
+
+    split = lambda items: [x for item in items for x in item.split(",") if x]
+    options = RunOptions(out=out, data=data, data_root=data_root, mini_size=mini_size, mini_seed=mini_seed,
+                         params=tuple(param), batch_size=batch_size, device=device)
+    try:
+        cells = plan(split(backbones), split(tasks), split(protocols), seeds, split(weights), first_seed)
+        if executor == "slurm" and not dry_run:
+            from .slurm import SlurmOptions, slurm_available
+
+            if cluster == "slurm" and not slurm_available():
+                _fail("--executor slurm needs sbatch on this machine (a Slurm login node); --cluster local runs the jobs here")
+            slurm_args = (SlurmOptions(partition=partition, gpus_per_node=gpus_per_node, timeout_min=timeout_min,
+                                       account=account, job_name="evalsuite-sweep"), folder, cluster)
+        else:
+            slurm_args = None
+        if dry_run:
+            import pandas as pd
+
+            rows = pd.DataFrame(dry_run_rows(cells, options))
+            if not _machine_output(rows, format):
+                _print_frame(rows.drop(columns="command"), f"sweep of {len(rows)} cells (dry run) → {out}")
+                known = rows["estimated_s"].dropna()
+                todo = rows[rows["state"] != "done"]
+                console.print(f"{len(todo)} to run; estimated {todo['estimated_s'].sum():.0f} s for the "
+                              f"{todo['estimated_s'].notna().sum()} with a known cost ({len(known)} known in all)",
+                              highlight=False)
+            return
+    except _user_errors() as exc:
+        _fail(str(exc))
+    marks = {"done": "[dim]skipped (done)[/]", "ok": "[green]ok[/]", "failed": "[bold red]failed[/]"}
+
+    def report(outcome) -> None:
+        value = "" if outcome.value is None else f"{outcome.value:.4g}"
+        tail = f"  {outcome.error}" if outcome.error else ""
+        console.print(f"{marks[outcome.status]}  {outcome.cell.name}  {value}  ({outcome.seconds:.1f}s){tail}", highlight=False,
+                      soft_wrap=True)
+
+    with _warnings_to_stderr():
+        summary = run_sweep(cells, options, executor, processes, slurm_args, report)
+    from .leaderboard import load_tidy, pivots
+
+    frame = load_tidy(out)
+    if not frame.empty:
+        _print_pivots(pivots(frame), pivots(frame, "std"))
+    if summary.failed:
+        err.print(f"[bold red]{len(summary.failed)} of {len(cells)} cells failed:[/]", highlight=False)
+        for outcome in summary.failed:
+            err.print(f"  {outcome.cell.name}: {outcome.error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -39,6 +39,7 @@ class Registry(Generic[T]):
         self._group = entry_point_group
         self._entries: dict[str, T] = {}
         self._lazy: dict[str, str] = {}
+        self._prefixes: dict[str, Any] = {}
         self._discovered = False
 
     # -- registration -------------------------------------------------------------------
@@ -61,6 +62,11 @@ class Registry(Generic[T]):
         if name in self._entries or name in self._lazy:
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._lazy[name] = target
+
+    def register_prefix(self, prefix: str, resolve: Any) -> None:
+        """Names ``prefix<rest>`` are built on first use by ``resolve(rest)`` (``timm:<model>``): an
+        open family whose members are not listed."""
+        self._prefixes[prefix] = resolve
 
     def _add(self, name: str, obj: T) -> None:
         existing = self._entries.get(name)
@@ -90,7 +96,7 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         self._ensure_discovered()
-        return name in self._entries or name in self._lazy
+        return name in self._entries or name in self._lazy or any(name.startswith(p) for p in self._prefixes)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
@@ -106,6 +112,11 @@ class Registry(Generic[T]):
                 obj = getattr(obj, part)
             self._add(name, obj)  # type: ignore[arg-type]
             return obj  # type: ignore[return-value]
+        for prefix, resolve in self._prefixes.items():
+            if name.startswith(prefix):
+                obj = resolve(name.removeprefix(prefix))
+                self._add(name, obj)
+                return obj
         raise UnknownNameError(self._unknown_message(name))
 
     def _unknown_message(self, name: str) -> str:

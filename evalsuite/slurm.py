@@ -39,6 +39,10 @@ class SlurmOptions:
     job_name: str = "evalsuite"
 
 
+def slurm_available() -> bool:
+    return shutil.which("sbatch") is not None
+
+
 def requeue_argv(argv: list[str]) -> list[str]:
     """The command a requeued job runs: pretraining must continue its checkpoint, not refuse it."""
     if argv and argv[0] == "pretrain" and "--resume" not in argv:
@@ -65,6 +69,18 @@ def submit(argv: list[str], options: SlurmOptions, folder: Path, cluster: str = 
     """Submit ``evalsuite ARGV``; logs and submitit's files go to ``folder/<job id>_*``."""
     if not argv or argv[0] == "slurm":
         raise ValueError("give the evalsuite command to run after '--', e.g. `evalsuite slurm -- run -b mae-b16 -t imagenet`")
+    return _executor(options, folder, cluster).submit(Command(argv))
+
+
+def submit_array(argvs: list[list[str]], options: SlurmOptions, folder: Path, cluster: str = "slurm") -> list[submitit.Job]:
+    """One job per command, as one Slurm job array (``evalsuite sweep --executor slurm``)."""
+    executor = _executor(options, folder, cluster)
+    with executor.batch():
+        jobs = [executor.submit(Command(argv)) for argv in argvs]
+    return jobs
+
+
+def _executor(options: SlurmOptions, folder: Path, cluster: str) -> submitit.AutoExecutor:
     if cluster not in CLUSTERS:
         raise ValueError(f"cluster must be one of {CLUSTERS}, got {cluster!r}")
     if cluster == "slurm" and shutil.which("sbatch") is None:
@@ -79,4 +95,4 @@ def submit(argv: list[str], options: SlurmOptions, folder: Path, cluster: str = 
         slurm_partition=options.partition, slurm_account=options.account, slurm_qos=options.qos,
         slurm_constraint=options.constraint, slurm_signal_delay_s=120,
     )
-    return executor.submit(Command(argv))
+    return executor
