@@ -310,6 +310,58 @@ def report(
     console.print(f"wrote {out} ({len(page) / 1024:.0f} KiB)", highlight=False)
 
 
+@app.command()
+def bench(
+    backbone: str = typer.Option(..., "--backbone", "-b", help="A registered backbone or timm:<model>."),
+    batch_size: int = typer.Option(32),
+    image_size: Optional[int] = typer.Option(None, help="Square input side (default: the backbone's)."),
+    precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (autocast)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile both models first."),
+    channels_last: bool = typer.Option(False, "--channels-last"),
+    device: Optional[str] = typer.Option(None),
+    warmup: int = typer.Option(5),
+    steps: int = typer.Option(20),
+    peak_tflops: Optional[float] = typer.Option(None, help="The device's peak, for MFU where it is not known."),
+    out: Optional[Path] = typer.Option(None, help="Folder to write the record into (leaderboard-readable)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+):
+    """Forward-pass throughput (timm benchmark.py conventions) through our feature path and a bare timm
+    loop on the same architecture, with their ratio; images/s, ms/step, peak memory, TFLOP/s, MFU."""
+    import json
+
+    from .bench import as_record, ratio
+    from .bench import bench as run_bench
+    from .environment import parse_device
+    from .records import write_record
+
+    try:
+        results, settings = run_bench(backbone, batch_size=batch_size, image_size=image_size, precision=precision,
+                                      compile=compile, channels_last=channels_last,
+                                      device=parse_device(device) if device else None, warmup=warmup, steps=steps,
+                                      peak_tflops=peak_tflops)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    record = as_record(backbone, results, settings)
+    if out is not None:
+        write_record(record, out / backbone.replace(":", "_") / f"{record.run_id}.json")
+    if json_output:
+        sys.stdout.write(json.dumps({"settings": settings, "results": record.selected["paths"],
+                                     "ratio_to_timm": ratio(results)}, indent=1) + "\n")
+        return
+    table = Table(title=f"{backbone}: batch {settings['batch_size']}, {settings['image_size']} px, {precision}, "
+                        f"{settings['device']}, {settings['threads']} threads")
+    for col in ("path", "model", "images/s", "ms/step", "peak MB", "GFLOP/img", "TFLOP/s", "MFU"):
+        table.add_column(col, justify="left" if col in ("path", "model") else "right", no_wrap=True)
+    for r in results:
+        mfu = "n/a (peak unknown: --peak-tflops)" if r.mfu is None else f"{100 * r.mfu:.1f} %"
+        table.add_row(r.path, r.model, f"{r.images_per_s:.1f}", f"{r.ms_per_step:.1f}", f"{r.peak_memory_mb:.0f}",
+                      f"{r.gflops_per_image:.2f}", f"{r.achieved_tflops:.3f}", mfu)
+    _print_table(table)
+    value = ratio(results)
+    console.print("ours ÷ bare timm: " + (f"{value:.3f}" if value is not None else
+                                          f"n/a (timm has no {backbone} architecture)"), highlight=False)
+
+
 @score_app.command("vqa")
 def score_vqa(
     results: Path = typer.Argument(..., help="Result file: a JSON list of {question_id, answer} (the VQA server's format)."),

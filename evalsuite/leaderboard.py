@@ -131,6 +131,8 @@ def table_title(key: str) -> str:
     source, _, world = key.partition(" ")
     if source == "real":
         return "Real data"
+    if source == "bench":
+        return "Throughput (evalsuite bench, synthetic images)"
     return f"Mini world {world} (generated data — not comparable to published numbers)"
 
 
