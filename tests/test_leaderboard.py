@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from conftest import ok_record
 from evalsuite.cli import app
 from evalsuite.leaderboard import check, compare, load_samples, load_tidy, pivots, record_world, render
 
@@ -194,19 +195,12 @@ def test_compare_bounds_the_delta_only_where_both_sides_scored_the_same_images()
 
 def test_compare_cli_bounds_the_delta_from_record_folders(tmp_path, monkeypatch):
     from evalsuite import cli
-    from evalsuite.records import RunRecord, write_record
+    from evalsuite.records import write_record
 
     monkeypatch.setattr(cli.console, "width", 250)  # one line per row, whatever the terminal
 
     def record(folder, run_id, scores):
-        top1 = sum(scores) / len(scores)
-        rec = RunRecord(run_id=run_id, cell_key=run_id * 8, status="ok", started_at="t0", finished_at="2026-01-01T00:00:00",
-                        evalsuite_version="0", git_sha=None, git_dirty=None,
-                        task={"name": "imagenet", "label": "imagenet/linear", "version": 2, "tolerance": 0.5},
-                        data={"source": "mini", "world": "seed0-small", "root": "/x", "identity": "abc"},
-                        backbone={"name": "mae-tiny", "label": "mae-tiny", "weights": "random"}, seed=0,
-                        metrics=[{"name": "top1", "value": top1, "split": "val", "higher_is_better": True,
-                                  "primary": True, "std": None}], per_sample={"top1": scores})
+        rec = ok_record(run_id, "imagenet/linear", "mae-tiny", "top1", sum(scores) / len(scores), per_sample={"top1": scores})
         write_record(rec, tmp_path / folder / "r.json")
 
     record("a", "ra", [100.0] * 40 + [0.0] * 60)
@@ -299,7 +293,7 @@ def test_a_segmentation_record_keeps_its_areas_and_compare_bounds_its_miou(tmp_p
     import numpy as np
 
     from evalsuite.leaderboard import AreaSamples
-    from evalsuite.records import RunRecord, write_record
+    from evalsuite.records import write_record
 
     rng = np.random.default_rng(0)
     pairs = [(rng.integers(0, 4, (8, 8)), rng.integers(0, 4, (8, 8))) for _ in range(30)]
@@ -307,13 +301,7 @@ def test_a_segmentation_record_keeps_its_areas_and_compare_bounds_its_miou(tmp_p
     for folder, data in (("a", pairs), ("b", improved)):
         meter, samples = segmentation_samples(data)
         miou = 100 * meter.compute()["mIoU"]
-        rec = RunRecord(run_id=folder, cell_key=folder * 16, status="ok", started_at="t0", finished_at="2026-01-01T00:00:00",
-                        evalsuite_version="0", git_sha=None, git_dirty=None,
-                        task={"name": "ade20k", "label": "ade20k/pixio/linear", "version": 3, "tolerance": 0.5},
-                        data={"source": "mini", "world": "seed0-small", "root": "/x", "identity": "abc"},
-                        backbone={"name": "pixio-tiny", "label": "pixio-tiny", "weights": "random"}, seed=0,
-                        metrics=[{"name": "mIoU", "value": miou, "split": "validation", "higher_is_better": True,
-                                  "primary": True, "std": None}], dataset_samples={"mIoU": samples})
+        rec = ok_record(folder, "ade20k/pixio/linear", "pixio-tiny", "mIoU", miou, dataset_samples={"mIoU": samples})
         write_record(rec, tmp_path / folder / "r.json")
     table = compare(load_tidy(tmp_path / "a"), load_tidy(tmp_path / "b"),
                     load_samples(tmp_path / "a"), load_samples(tmp_path / "b")).iloc[0]
@@ -321,7 +309,4 @@ def test_a_segmentation_record_keeps_its_areas_and_compare_bounds_its_miou(tmp_p
                       AreaSamples)
     assert table["ci95_low"] > 0 and table["interval"].startswith("[")
     with pytest.raises(ValueError, match="dataset samples of 'mIoU' give"):
-        RunRecord(run_id="c", cell_key="c" * 16, status="ok", started_at="t0", finished_at="t1", evalsuite_version="0",
-                  git_sha=None, git_dirty=None, task={}, data={}, backbone={}, seed=0,
-                  metrics=[{"name": "mIoU", "value": 99.0, "split": "validation", "higher_is_better": True,
-                            "primary": True, "std": None}], dataset_samples={"mIoU": samples})
+        ok_record("c", "ade20k/pixio/linear", "pixio-tiny", "mIoU", 99.0, dataset_samples={"mIoU": samples})

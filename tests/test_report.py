@@ -9,19 +9,14 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import ok_record
 from evalsuite.cli import app
-from evalsuite.records import RunRecord, write_record
+from evalsuite.records import write_record
 
 
-def record(folder, run_id, backbone, task, metric, scores, data="mini", hib=True):
-    value = float(np.mean(scores))
-    rec = RunRecord(run_id=run_id, cell_key=run_id.ljust(16, "0"), status="ok", started_at="t0",
-                    finished_at=f"2026-01-01T00:00:{len(run_id):02d}", evalsuite_version="0", git_sha="abc", git_dirty=False,
-                    task={"name": task.split("/")[0], "label": task, "version": 1, "tolerance": 0.5},
-                    data={"source": data, "world": "seed0-small" if data == "mini" else "", "root": "/x", "identity": "d"},
-                    backbone={"name": backbone.split("@")[0], "label": backbone, "weights": "w"}, seed=0,
-                    metrics=[{"name": metric, "value": value, "split": "val", "higher_is_better": hib, "primary": True,
-                              "std": None}], per_sample={metric: list(scores)})
+def record(folder, run_id, backbone, task, metric, scores, data="mini"):
+    rec = ok_record(run_id, task, backbone, metric, float(np.mean(scores)), data=data, per_sample={metric: list(scores)},
+                    finished_at=f"2026-01-01T00:00:{len(run_id):02d}")
     write_record(rec, folder / f"{run_id}.json")
 
 
