@@ -83,7 +83,7 @@ def _extract_to(folder: Path, backbone, dataset, ctx, reduce, reducer: str, spli
         # a generator of its own: a DataLoader draws its workers' base seed from the global RNG otherwise,
         # and a head initialised after a cold-cache extraction would differ from one after a warm read
         loader = DataLoader(dataset, batch_size=ctx.batch_size, shuffle=False, num_workers=ctx.num_workers,
-                            generator=torch.Generator().manual_seed(0))
+                            generator=torch.Generator().manual_seed(0), pin_memory=ctx.device.type == "cuda")
         feats, labels, row = None, np.empty(len(dataset), dtype=np.int64), 0
         backbone.eval()
         for images, targets in track(ctx, loader, f"{split} features", total=len(loader)):

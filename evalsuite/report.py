@@ -164,7 +164,7 @@ def series_figure(name: str, rows: pd.DataFrame) -> str:
     fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3), squeeze=False)
     for ax, (data, world, task, metric) in zip(axes[0], tasks):
         part = rows[(rows["data"] == data) & (rows["world"] == world) & (rows["task"] == task) & (rows["metric"] == metric)]
-        part = part.sort_values("order", key=lambda s: s.map(lambda o: o))
+        part = part.sort_values("order")
         ax.plot(range(len(part)), part["value"], marker="o")
         ax.set_xticks(range(len(part)), part["checkpoint"], rotation=30, ha="right", fontsize=8)
         ax.set_title(f"{task}\n{metric} {'↑' if part['higher_is_better'].iloc[0] else '↓'}"

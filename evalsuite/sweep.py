@@ -11,7 +11,6 @@ share an output folder: records are written atomically, the same cell twice ends
 from __future__ import annotations
 
 import itertools
-import json
 import subprocess
 import sys
 import time
@@ -232,7 +231,3 @@ def dry_run_rows(cells: list[SweepCell], options: RunOptions) -> list[dict]:
         rows.append({"cell": cell.name, "state": status, "estimated_s": estimate,
                      "command": "evalsuite " + " ".join(cell.argv(options))})
     return rows
-
-
-def to_json(rows: list[dict]) -> str:
-    return json.dumps(rows, indent=1)
