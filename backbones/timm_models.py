@@ -32,7 +32,7 @@ class TimmBackbone(Backbone):
         super().__init__()
         self.model = model
         self.is_vit = hasattr(model, "blocks") and hasattr(model, "num_prefix_tokens")
-        self.num_cls = int(getattr(model, "has_class_token", False)) if self.is_vit else 0
+        self.num_cls = int(getattr(model, "cls_token", None) is not None) if self.is_vit else 0  # EVA/BEiT: no has_class_token
         depth = len(model.blocks) if self.is_vit else len(model.feature_info)
         self.meta = BackboneMeta(
             name=f"{PREFIX}{name}", family="timm", patch_size=_patch_size(model, self.is_vit),
@@ -102,10 +102,11 @@ def spec_for(model_name: str) -> BackboneSpec:
 
     hub = timm.models.get_pretrained_cfg(model_name)
     classifier = (getattr(hub, "classifier", None) if hub else None) or "head"
+    classifiers = (classifier,) if isinstance(classifier, str) else tuple(classifier)  # distilled: (head, head_dist)
     return BackboneSpec(
         name=f"{PREFIX}{model_name}", family="timm", build=build,
         convert=lambda state: {f"model.{k}": v for k, v in state.items()},
-        ignore=(re.escape(f"model.{classifier}.") + ".*",),  # the classifier only: built with num_classes=0
+        ignore=tuple(re.escape(f"model.{c}.") + ".*" for c in classifiers),  # the classifier only: num_classes=0
         weights_file=f"timm/{model_name}.safetensors", hf_repo=getattr(hub, "hf_hub_id", None) if hub else None)
 
 

@@ -36,7 +36,7 @@ class BenchResult:
     model: str
     images_per_s: float
     ms_per_step: float
-    peak_memory_mb: float
+    peak_memory_mb: float  # CUDA: peak allocated during the timed path; CPU: the process's peak RSS so far
     gflops_per_image: float
     achieved_tflops: float
     mfu: float | None  # share of the device's peak, None where the peak is unknown
@@ -118,23 +118,38 @@ def bench(backbone_name: str, *, batch_size: int = 32, image_size: int | None = 
     images = images.contiguous(memory_format=memory_format)
     peak = peak_tflops or device_peak_tflops(device, precision)
 
-    def prepare(model: torch.nn.Module) -> torch.nn.Module:
+    def prepare(model: torch.nn.Module) -> Callable[[torch.Tensor], object]:
+        """The function timed: ``forward_features`` (compiled itself — compiling the module would only
+        compile ``forward``)."""
         model = model.to(device, memory_format=memory_format).eval()
-        return torch.compile(model) if compile else model
+        return torch.compile(model.forward_features) if compile else model.forward_features
 
-    ours = prepare(backbone)
-    results = [measure("evalsuite", backbone_name, lambda x: ours.forward_features(x), images, device, precision,
-                       warmup, steps, peak)]
+    results = [measure("evalsuite", backbone_name, prepare(backbone), images, device, precision, warmup, steps, peak)]
     twin = timm_twin(backbone_name)
-    if twin is not None:
-        kwargs = {"dynamic_img_size": True} if "vit" in twin else {}
-        bare = prepare(timm.create_model(twin, pretrained=False, num_classes=0, **kwargs))
-        results.append(measure("timm", twin, lambda x: bare.forward_features(x), images, device, precision, warmup,
-                               steps, peak))
+    bare = _timm_model(timm, twin) if twin is not None else None
+    if bare is not None:
+        backbone.to("cpu")  # its weights out of the twin's peak memory
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        try:
+            results.append(measure("timm", twin, prepare(bare), images, device, precision, warmup, steps, peak))
+        except (AssertionError, RuntimeError, TypeError):  # the twin refuses this input size: no ratio
+            twin = None
     settings = {"batch_size": batch_size, "image_size": size, "precision": precision, "compile": compile,
                 "channels_last": channels_last, "device": str(device), "threads": torch.get_num_threads(),
                 "warmup": warmup, "steps": steps, "peak_tflops": peak, "timm_twin": twin}
     return results, settings
+
+
+def _timm_model(timm, name: str):
+    """The bare timm model, at any input size where the family allows it; None if timm cannot build it."""
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True)
+    except TypeError:
+        try:
+            return timm.create_model(name, pretrained=False, num_classes=0)
+        except Exception:
+            return None
 
 
 def ratio(results: list[BenchResult]) -> float | None:
@@ -155,7 +170,9 @@ def as_record(backbone_name: str, results: list[BenchResult], settings: dict):
     from .records import RunRecord
 
     ours = next(r for r in results if r.path == "evalsuite")
-    label = f"bench/{settings['precision']}/bs{settings['batch_size']}/{settings['image_size']}px"
+    device_kind = torch.device(settings["device"]).type
+    options = "".join(("+compile" if settings["compile"] else "", "+channels_last" if settings["channels_last"] else ""))
+    label = f"bench/{device_kind}/{settings['precision']}{options}/bs{settings['batch_size']}/{settings['image_size']}px"
     metrics = [{"name": "images_per_s", "value": ours.images_per_s, "split": "synthetic", "higher_is_better": True,
                 "primary": True, "std": None},
                {"name": "ms_per_step", "value": ours.ms_per_step, "split": "synthetic", "higher_is_better": False,

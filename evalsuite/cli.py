@@ -677,6 +677,10 @@ def sweep(
     options = RunOptions(out=out, data=data, data_root=data_root, mini_size=mini_size, mini_seed=mini_seed,
                          params=tuple(param), batch_size=batch_size, device=device)
     try:
+        from .sweep import EXECUTORS
+
+        if executor not in EXECUTORS:
+            raise ValueError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
         cells = plan(split(backbones), split(tasks), split(protocols), seeds, split(weights), first_seed)
         if executor == "slurm" and not dry_run:
             from .slurm import SlurmOptions, slurm_available

@@ -21,7 +21,7 @@ from .records import RunRecord, iter_records
 
 TIDY_COLUMNS = [
     "data", "world", "task", "task_version", "backbone", "weights", "seed", "metric", "split", "value", "std",
-    "higher_is_better", "primary", "shown", "tolerance", "run_id", "finished_at",
+    "higher_is_better", "primary", "shown", "tolerance", "run_id", "finished_at", "official",
 ]
 CELL = ["data", "world", "task", "backbone", "metric"]  # backbone = its label: name, or name@checkpoint
 MINI_FOLDER = re.compile(r"-seed(\d+)-(small|medium|large)$")
@@ -65,6 +65,7 @@ def load_tidy(source: str | Path) -> pd.DataFrame:
                 "higher_is_better": m["higher_is_better"], "primary": m["primary"],
                 "shown": m["primary"] or m["name"] in rec.task.get("leaderboard_metrics", ()),
                 "tolerance": rec.task["tolerance"], "run_id": rec.run_id, "finished_at": rec.finished_at,
+                "official": bool(rec.backbone.get("official", False)),
             })
     frame = pd.DataFrame(rows, columns=TIDY_COLUMNS)
     frame.attrs["skipped"] = skipped  # files that are not readable records: the CLI names each one
@@ -171,14 +172,16 @@ def load_published(path: str | Path = PUBLISHED) -> pd.DataFrame:
 
 
 def beside_published(frame: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
-    """Our real-data cells next to the published number of the same backbone (official weights: a
-    ``name@checkpoint`` label never matches), task label and metric: ours, published, ours − published.
-    Mini cells never get a published number — generated data is not the benchmark."""
-    ours = cells(latest(frame))
-    ours = ours[ours["data"] == "real"]
+    """Our real-data cells run with the family's official checkpoint (records say ``official``; random
+    or other weights never match) next to the published number of the same backbone, task label and
+    metric: ours, published, ours − published. Mini cells never get one — generated data is not the
+    benchmark."""
+    official = frame[frame["official"].fillna(False).astype(bool)] if "official" in frame else frame.iloc[0:0]
+    ours = cells(latest(official[official["data"] == "real"]))
+    ours = ours.assign(label=ours["backbone"], backbone=ours["backbone"].str.split("@").str[0])
     pub = published.assign(label=published["task"] + "/" + published["protocol"])
-    merged = ours.merge(pub.rename(columns={"value": "published", "split": "published_split"}),
-                        left_on=["task", "backbone", "metric"], right_on=["label", "backbone", "metric"],
+    merged = ours.merge(pub.rename(columns={"value": "published", "split": "published_split", "label": "published_label"}),
+                        left_on=["task", "backbone", "metric"], right_on=["published_label", "backbone", "metric"],
                         suffixes=("", "_published"))
     merged = merged.rename(columns={"value": "ours"})
     merged["difference"] = merged["ours"] - merged["published"]
@@ -298,7 +301,9 @@ def bootstrap_interval(samples, resamples: int = 2000, level: float = 0.95, seed
         values = np.concatenate([samples.statistic(c).numpy() for c in _resample_counts(len(samples), resamples, seed)])
     else:
         scores = np.asarray(samples, dtype=np.float64)
-        values = np.concatenate([(c.numpy() @ scores) / len(scores) for c in _resample_counts(len(scores), resamples, seed)])
+        rng, chunk = np.random.default_rng(seed), max(1, 2_000_000 // len(scores))
+        values = np.concatenate([scores[rng.integers(0, len(scores), (min(chunk, resamples - i), len(scores)))].mean(axis=1)
+                                 for i in range(0, resamples, chunk)])
     lo, hi = np.nanquantile(values, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 

@@ -374,7 +374,10 @@ def vqa_score_files(results: Path, annotations: Path, questions: Path | None = N
             raise ValueError(f"result file {results}: question {entry['question_id']} is answered twice")
         predictions[entry["question_id"]] = entry["answer"]
     if questions is not None:
-        asked = {q["question_id"] for q in _read_json(questions, "question file").get("questions", [])}
+        listed = _read_json(questions, "question file")
+        if not isinstance(listed, dict) or not isinstance(listed.get("questions"), list):
+            raise ValueError(f"question file {questions}: expected an object with a 'questions' list")
+        asked = {q["question_id"] for q in listed["questions"]}
         unasked = [a["question_id"] for a in anns["annotations"] if a["question_id"] not in asked]
         if unasked:
             raise ValueError(f"question file {questions} lacks {len(unasked)} annotated questions (e.g. {unasked[:3]}): "
@@ -396,9 +399,11 @@ def segmentation_areas(samples: Mapping) -> torch.Tensor:
     if samples.get("statistic") != MIOU_STATISTIC:
         raise ValueError(f"not segmentation samples: statistic {samples.get('statistic')!r}")
     areas = torch.zeros(len(samples["images"]), 3, samples["num_classes"], dtype=torch.float64)
-    for i, image in enumerate(samples["images"]):
-        for c, inter, union, labelled in image:
-            areas[i, :, c] = torch.tensor([inter, union, labelled], dtype=torch.float64)
+    rows = [(i, *entry) for i, image in enumerate(samples["images"]) for entry in image]
+    if rows:
+        table = torch.tensor(rows, dtype=torch.float64)
+        image, cls = table[:, 0].long(), table[:, 1].long()
+        areas[image, :, cls] = table[:, 2:]
     return areas
 
 

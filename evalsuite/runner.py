@@ -146,7 +146,9 @@ def execute(cell: Cell, *, out_dir: Path, device: torch.device, amp: bool | None
                   "world_size": distributed.world_size()},
     )
     label = backbone if cell.weights_id == "random" else f"{backbone}@{weights_label or cell.weights_id[:8]}"
-    bb_info = {"name": backbone, "label": label, "weights": cell.weights_id}
+    # "official": the family's published checkpoint (the default file), the only runs published numbers describe
+    bb_info = {"name": backbone, "label": label, "weights": cell.weights_id,
+               "official": cell.weights is None and cell.weights_id != "random"}
     seed_everything(cell.seed)
     t_load = time.perf_counter()
     model = create_backbone(backbone, cell.weights).to(device)  # a checkpoint that does not fit is the user's error: no record

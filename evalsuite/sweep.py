@@ -105,11 +105,16 @@ def _params(options: RunOptions) -> dict:
     return parse_assignments(list(options.params), "-p")
 
 
-def estimated_seconds(cell: SweepCell, records: list[RunRecord]) -> float | None:
-    """From finished records of the same backbone and task (any seed or weights), or None."""
+def estimated_seconds(cell: SweepCell, records: list[RunRecord], options: RunOptions | None = None) -> float | None:
+    """From finished records of the same backbone, task, protocol and data (real, or the same mini
+    world; any seed or weights), or None."""
+    options = options or RunOptions()
+    protocol = cell.protocol or TASKS.get(cell.task).default_protocol
+    world = f"seed{options.mini_seed}-{options.mini_size}" if options.data == "mini" else ""
     times = [r.timings.get("total_s") for r in records
              if r.status == "ok" and r.backbone.get("name") == cell.backbone and r.task.get("name") == cell.task
-             and (cell.protocol is None or r.task.get("protocol") == cell.protocol) and r.timings.get("total_s")]
+             and r.task.get("protocol") == protocol and r.data.get("source") == options.data
+             and (r.data.get("world", "") or "") == world and r.timings.get("total_s")]
     return sum(times) / len(times) if times else None
 
 
@@ -157,8 +162,8 @@ def run_sweep(cells: list[SweepCell], options: RunOptions, executor: str = "loca
     if executor == "slurm":
         outcomes = _run_slurm(todo, options, slurm)
     else:
-        outcomes = (_run_local(cell, options) if executor == "local" else _run_torchrun(cell, options, processes, port)
-                    for port, cell in enumerate(todo, start=29600))
+        outcomes = (_run_local(cell, options) if executor == "local" else _run_torchrun(cell, options, processes)
+                    for cell in todo)
     for outcome in outcomes:
         summary.outcomes.append(outcome)
         on_outcome(outcome)
@@ -175,14 +180,15 @@ def _run_local(cell: SweepCell, options: RunOptions) -> Outcome:
                           protocol=cell.protocol, out_dir=options.out, batch_size=options.batch_size, device=options.device)
     except RunFailed as exc:
         return Outcome(cell, "failed", time.perf_counter() - t0, error=str(exc))
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:  # bad input of this cell: the next one runs
+    except Exception as exc:  # anything this cell raises (a bad checkpoint, bad input): the next cell runs
         return Outcome(cell, "failed", time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}")
     return Outcome(cell, "done" if result.skipped else "ok", time.perf_counter() - t0, _primary(result.record))
 
 
-def _run_torchrun(cell: SweepCell, options: RunOptions, processes: int, port: int) -> Outcome:
+def _run_torchrun(cell: SweepCell, options: RunOptions, processes: int) -> Outcome:
     t0 = time.perf_counter()
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(port)]
+    # --standalone: a free rendezvous port per cell, so concurrent sweeps never collide
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     done = subprocess.run([*launcher, "-m", "evalsuite", *cell.argv(options)], capture_output=True, text=True)
     return _from_process(cell, options, done.returncode, done.stderr, time.perf_counter() - t0)
 
@@ -193,10 +199,11 @@ def _run_slurm(cells: list[SweepCell], options: RunOptions, slurm) -> Iterable[O
     if not cells:
         return []
     opts, folder, cluster = slurm
+    submitted = time.perf_counter()
     jobs = submit_array([cell.argv(options) for cell in cells], opts, folder, cluster)
     outcomes = []
     for cell, job in zip(cells, jobs):
-        t0 = time.perf_counter()
+        t0 = submitted  # seconds since submission (queueing included): jobs run side by side
         try:
             job.results()
             code, error = 0, ""
@@ -210,8 +217,12 @@ def _from_process(cell: SweepCell, options: RunOptions, code: int, stderr: str, 
     status, path = state(cell, options)
     if code == 0 and status == "done":
         return Outcome(cell, "ok", seconds, _primary(RunRecord.load(path)))
-    tail = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {code}"
-    return Outcome(cell, "failed", seconds, error=tail)
+    if status == "failed":  # the cell's own failed record says why better than a launcher's last line
+        error = (RunRecord.load(path).error or "").strip().splitlines()
+        if error:
+            return Outcome(cell, "failed", seconds, error=error[0])
+    lines = [line for line in stderr.strip().splitlines() if line.strip() and set(line.strip()) - set("=-*")]
+    return Outcome(cell, "failed", seconds, error=lines[-1] if lines else f"exit code {code}")
 
 
 def _primary(record: RunRecord) -> float | None:
@@ -227,7 +238,7 @@ def dry_run_rows(cells: list[SweepCell], options: RunOptions) -> list[dict]:
             status, _ = state(cell, options)
         except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
             status = f"cannot run: {exc}"
-        estimate = estimated_seconds(cell, records)
+        estimate = estimated_seconds(cell, records, options)
         rows.append({"cell": cell.name, "state": status, "estimated_s": estimate,
                      "command": "evalsuite " + " ".join(cell.argv(options))})
     return rows

@@ -60,7 +60,7 @@ def run_cli_record(args: list[str], out, processes: int = 1, port: int = 29540) 
     return json.loads(path.read_text())
 
 
-def ok_record(run_id: str, task: str, backbone: str, metric: str, value: float, *, data: str = "mini",
+def ok_record(run_id: str, task: str, label: str, metric: str, value: float, *, data: str = "mini",
               higher_is_better: bool = True, **fields):
     """A finished record of one primary metric (``fields``: per_sample, dataset_samples, finished_at…)."""
     from evalsuite.records import RunRecord
@@ -69,7 +69,7 @@ def ok_record(run_id: str, task: str, backbone: str, metric: str, value: float, 
                 finished_at="2026-01-01T00:00:00", evalsuite_version="0", git_sha=None, git_dirty=None,
                 task={"name": task.split("/")[0], "label": task, "version": 1, "tolerance": 0.5},
                 data={"source": data, "world": "seed0-small" if data == "mini" else "", "root": "/x", "identity": "abc"},
-                backbone={"name": backbone.split("@")[0], "label": backbone, "weights": "random"}, seed=0,
+                backbone={"name": label.split("@")[0], "label": label, "weights": "random"}, seed=0,
                 metrics=[{"name": metric, "value": value, "split": "val", "higher_is_better": higher_is_better,
                           "primary": True, "std": None}])
     return RunRecord(**{**base, **fields})

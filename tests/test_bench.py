@@ -25,7 +25,7 @@ def test_bench_reports_both_paths_their_ratio_and_writes_a_record(tmp_path):
     assert out["ratio_to_timm"] == pytest.approx(out["results"][0]["images_per_s"] / out["results"][1]["images_per_s"])
     assert out["settings"]["image_size"] == 64 and out["settings"]["precision"] == "fp32"
     table = pivots(load_tidy(tmp_path))
-    assert list(table) == ["bench"] and "bench/fp32/bs2/64px · images_per_s ↑" in table["bench"].columns
+    assert list(table) == ["bench"] and "bench/cpu/fp32/bs2/64px · images_per_s ↑" in table["bench"].columns
 
 
 def test_flops_are_counted_and_twins_are_named():

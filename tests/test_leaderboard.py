@@ -214,19 +214,21 @@ def test_compare_cli_bounds_the_delta_from_record_folders(tmp_path, monkeypatch)
 
 
 def test_published_numbers_sit_beside_real_cells_only(tmp_path):
-    rows = pd.concat([frame([("real", "imagenet/linear", "dinov2-b14", "top1", 83.0, True),
+    rows = pd.concat([frame([("real", "imagenet/linear", "dinov2-b14@0a1b2c3d", "top1", 83.0, True),
                              ("real", "imagenet/linear", "dinov2-b14@my-run", "top1", 85.0, True),
-                             ("real", "nyuv2/pixio/dpt", "pixio-h16", "d1", 95.0, True)]),
-                      frame([("mini", "imagenet/linear", "dinov2-s14", "top1", 40.0, True)])], ignore_index=True)
+                             ("real", "imagenet/linear", "dinov2-l14", "top1", 40.0, True),  # random weights
+                             ("real", "nyuv2/pixio/dpt", "pixio-h16@9f8e7d6c", "d1", 95.0, True)]),
+                      frame([("mini", "imagenet/linear", "dinov2-s14@11112222", "top1", 40.0, True)])], ignore_index=True)
+    rows["official"] = [True, False, False, True, True]  # the runner marks runs of the family's official file
     rows.to_csv(tmp_path / "tidy.csv", index=False)
     out = CliRunner().invoke(app, ["leaderboard", str(tmp_path / "tidy.csv"), "--published", "-f", "csv"])
     assert out.exit_code == 0, out.output
     table = pd.read_csv(io.StringIO(out.output)).set_index("backbone")
-    assert list(table.index) == ["dinov2-b14", "pixio-h16"]  # not the mini cell, not a custom checkpoint
+    assert list(table.index) == ["dinov2-b14", "pixio-h16"]  # not mini, not a custom checkpoint, not random weights
     assert table.loc["dinov2-b14", "published"] == 84.5 and table.loc["dinov2-b14", "difference"] == pytest.approx(-1.5)
     assert table.loc["pixio-h16", "difference"] == pytest.approx(-0.5) and "Pixio paper" in table.loc["pixio-h16", "source"]
     mini = tmp_path / "mini.csv"
-    frame([("mini", "imagenet/linear", "dinov2-b14", "top1", 40.0, True)]).to_csv(mini, index=False)
+    frame([("mini", "imagenet/linear", "dinov2-b14@0a1b2c3d", "top1", 40.0, True)]).assign(official=True).to_csv(mini, index=False)
     none = CliRunner().invoke(app, ["leaderboard", str(mini), "--published"])
     assert none.exit_code == 1 and "mini-world cells never do" in none.output
 

@@ -118,7 +118,7 @@ def test_run_writes_record_and_skips_done_cell(tmp_path):
     assert rec.task["version"] == 3 and rec.task["label"] == "probe-test/probe/ok"
     assert rec.data["source"] == "real" and len(rec.data["identity"]) == 64
     assert rec.backbone == {"name": "pixio-tiny", "label": "pixio-tiny", "weights": "random", "family": "pixio",
-                            "num_params": rec.backbone["num_params"]}
+                            "num_params": rec.backbone["num_params"], "official": False}
     assert rec.environment["torch"] == torch.__version__
     calls = ProbeTask.calls
     second = _run(tmp_path)
