@@ -24,7 +24,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from evalsuite.checkpoints import BackboneSpec, CheckpointError, load_strict, read_state_dict, register_backbone
 from evalsuite.contracts import Backbone, BackboneMeta, Features
-from evalsuite.text import SPECIAL_TOKENS, TextEncoder, VisualEmbedding, fit_wordpiece, grid_cells, joint_sequence
+from evalsuite.text import SPECIAL_TOKENS, TextEncoder, VisualEmbedding, fit_wordpiece, grid_cells, init_bert, joint_sequence
 
 from .vit import preprocess_imagenet
 
@@ -142,7 +142,7 @@ class PixelBERTObjective(nn.Module):
         self.tokenizer = None
         self.bert = None
 
-    def prepare(self, dataset) -> None:
+    def prepare(self, dataset, seed: int) -> None:
         from transformers import BertConfig, BertForPreTraining
 
         self.tokenizer = fit_wordpiece(dataset.captions, self.vocab_size)
@@ -150,7 +150,7 @@ class PixelBERTObjective(nn.Module):
         cfg = BertConfig(vocab_size=vocab, hidden_size=self.hidden, num_hidden_layers=self.layers,
                          num_attention_heads=self.heads, intermediate_size=4 * self.hidden,
                          max_position_embeddings=self.max_text + 1, type_vocab_size=2)
-        self.bert = BertForPreTraining(cfg).to(self.visual_proj.proj.weight.device)
+        self.bert = init_bert(BertForPreTraining(cfg), seed).to(self.visual_proj.proj.weight.device)
 
     def checkpoint_extras(self) -> dict:
         return {"tokenizer": self.tokenizer.to_str(), "text_config": self.bert.config.to_json_string(),

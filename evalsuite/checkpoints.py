@@ -62,25 +62,51 @@ def weights_dir() -> Path:
     return Path(os.environ.get("EVALSUITE_WEIGHTS_DIR", Path.home() / ".cache" / "evalsuite" / "weights"))
 
 
+UNREADABLE = ("{path} is not a checkpoint evalsuite can read safely ({why}): a torch file of tensors (loaded with "
+              "weights_only=True, which never runs code) or .safetensors; a file that needs code execution must be "
+              "converted by its owner")
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    """The tensors of a ``.safetensors`` or torch file; a damaged, empty or unsafe file is one line."""
+    path = check_weights_file(Path(path))
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:  # truncated, random bytes, bad header
+            raise CheckpointError(UNREADABLE.format(path=path, why=f"damaged safetensors: {exc}")) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle.UnpicklingError, truncated zip, … (torch's text suggests unsafe loading: not ours)
-        raise CheckpointError(
-            f"{path} is not a checkpoint evalsuite can read safely ({type(exc).__name__}): a torch file of tensors "
-            "(loaded with weights_only=True, which never runs code) or .safetensors; a file that needs code execution "
-            "must be converted by its owner"
-        ) from None
+        raise CheckpointError(UNREADABLE.format(path=path, why=type(exc).__name__)) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
     return obj
+
+
+def check_weights_file(path: Path) -> Path:
+    """A regular, non-empty file (``/dev/null`` exists, but is no checkpoint)."""
+    if not path.exists():
+        raise CheckpointError(f"--weights {path}: no such file")
+    if path.is_dir():
+        raise CheckpointError(f"--weights {path} is a directory: give the checkpoint file (.pth, .pt or .safetensors)")
+    if not path.is_file():
+        raise CheckpointError(f"--weights {path} is not a regular file (a device or pipe), so not a checkpoint")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"--weights {path} is empty, not a checkpoint")
+    return path
+
+
+def check_finite(state: StateDict, source: str) -> None:
+    """Refuse a checkpoint with NaN or inf in any floating tensor: it would evaluate to a confident
+    chance-level number (a NaN norm weight zeroes nothing, it poisons every feature after it)."""
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{source}: non-finite values (NaN/inf) in {_short(sorted(bad))}: a damaged or diverged "
+                              "checkpoint, refused")
 
 
 def load_strict(model: torch.nn.Module, state: StateDict, ignore: Iterable[str] = (), source: str = "checkpoint") -> dict:
@@ -92,6 +118,7 @@ def load_strict(model: torch.nn.Module, state: StateDict, ignore: Iterable[str] 
     not_tensors = sorted(f"{k} ({type(v).__name__})" for k, v in state.items() if not isinstance(v, torch.Tensor))
     if not_tensors:
         raise CheckpointError(f"{source}: values that are not tensors {_short(not_tensors)}")
+    check_finite(state, source)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -140,12 +167,7 @@ def resolve_weights(spec: BackboneSpec, weights: str | None) -> Path | None:
         raise CheckpointError(f"{spec.name}: no weights found: {where}, or pass --weights PATH{hub} or --weights random")
     if weights.startswith("hf-hub:"):
         return _download_hub(weights.removeprefix("hf-hub:"))
-    path = Path(weights).expanduser()
-    if path.is_dir():
-        raise CheckpointError(f"--weights {path} is a directory: give the checkpoint file (.pth, .pt or .safetensors)")
-    if not path.is_file():
-        raise CheckpointError(f"--weights {path}: no such file")
-    return path
+    return check_weights_file(Path(weights).expanduser())
 
 
 def _download_hub(repo: str) -> Path:

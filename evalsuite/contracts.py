@@ -269,9 +269,11 @@ class Task:
 
     def __init__(self, name: str, *, version: int, family: str, dataset: str, tolerance: float,
                  mini_dataset: str | None = None, description: str = "",
-                 quickstart: tuple[Mapping[str, Any], ...] = ()):
+                 quickstart: tuple[Mapping[str, Any], ...] = (), requires: Mapping[str, str] | None = None):
         self.name, self.version, self.family, self.dataset = name, version, family, dataset
         self.tolerance, self.mini_dataset, self.description = tolerance, mini_dataset, description
+        # {importable module: the pyproject extra that installs it ("core" for a core dependency)}
+        self.requires = dict(requires or {})
         self.quickstart = quickstart  # the variants `evalsuite quickstart` runs (protocol + params)
         self.protocols: dict[str, Protocol] = {}
 
@@ -287,8 +289,17 @@ class Task:
         return decorator
 
     def missing_extra(self) -> str | None:
-        """Why this task cannot run in this installation (an optional extra absent), or None."""
-        return None
+        """Why this task cannot run in this installation (a module of ``requires`` absent), or None.
+        Checked without importing anything (`importlib.util.find_spec`)."""
+        import importlib.util
+
+        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        if not missing:
+            return None
+        extras = sorted({self.requires[m] for m in missing})
+        how = ("reinstall evalsuite: they are core dependencies" if extras == ["core"]
+               else f"pip install 'evalsuite[{','.join(e for e in extras if e != 'core')}]'")
+        return f"{self.name} needs {', '.join(missing)}: {how}"
 
     @property
     def default_protocol(self) -> str:

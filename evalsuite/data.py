@@ -43,6 +43,23 @@ class DataCorruptedError(ValueError):
     """Data whose bytes no longer match their manifest."""
 
 
+class DataPathError(ValueError):
+    """A dataset file names a path outside the dataset's root (which its identity does not cover)."""
+
+
+def within(root: str | Path, relative: str | Path, named_in: str | Path) -> Path:
+    """``root / relative``, refused in one line when ``relative`` is absolute or climbs out of
+    ``root`` (``../``). The data identity hashes the files under the root; a file read from outside
+    it could change without changing the cell, so such paths are refused, never followed. (Symbolic
+    links inside the root are followed by the identity too, so they stay allowed.)"""
+    rel = Path(str(relative))
+    inside = not rel.is_absolute() and Path(os.path.normpath(rel)).parts[:1] != ("..",)
+    if not inside:
+        raise DataPathError(f"{named_in} names {str(relative)!r}, which is outside the data root {root}: every file a "
+                            "dataset reads must lie under its root (its identity covers only those); copy the files in")
+    return Path(root) / rel
+
+
 def config_paths() -> list[Path]:
     explicit = os.environ.get("EVALSUITE_CONFIG")
     if explicit:
@@ -112,22 +129,29 @@ def read_manifest(root: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def verify_manifest(root: Path, manifest: dict) -> None:
-    """Every listed file exists with its recorded sha256, and no file is unlisted; else one line
-    naming the first bad file and how to regenerate."""
+def verify_manifest(root: Path, manifest: dict) -> str:
+    """Every listed file exists with its recorded sha256, no file is unlisted and the manifest's own
+    digest agrees with its file list; else one line naming the first bad file and how to regenerate.
+
+    Returns the identity computed from the bytes on disk, never the one written in the manifest:
+    a copy whose files were edited together with their hashes is another dataset."""
     root = Path(root)
     listed = manifest["files"]
     present = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != MANIFEST}
     problems = sorted(set(listed) - present)
     problems = [f"{p} is missing" for p in problems]
     problems += [f"{p} is not in the manifest" for p in sorted(present - set(listed))]
-    if not problems:
-        problems = [f"{p} does not match its sha256" for p in sorted(listed) if hash_file(root / p) != listed[p]]
+    actual = {} if problems else {p: hash_file(root / p) for p in sorted(listed)}
+    problems += [f"{p} does not match its sha256" for p in actual if actual[p] != listed[p]]
+    identity = files_digest({**actual, **({"<renderer>": manifest["renderer"]} if "renderer" in manifest else {})})
+    if not problems and manifest.get("sha256") != identity:
+        problems = [f"{MANIFEST}'s sha256 does not match its files (edited by hand?)"]
     if problems:
         hint = (f"regenerate it with `evalsuite data make-mini {manifest['name']} --size {manifest['size']} "
                 f"--seed {manifest['seed']} --force`" if manifest.get("mini") else "restore the original files")
         raise DataCorruptedError(f"{root} is corrupted: {problems[0]}"
                                  f"{f' (+{len(problems) - 1} more)' if len(problems) > 1 else ''}; {hint}")
+    return identity
 
 
 def mini_source(name: str, size: str = "small", seed: int = 0) -> DataSource:
@@ -140,9 +164,9 @@ def mini_source(name: str, size: str = "small", seed: int = 0) -> DataSource:
 def _manifest_source(root: Path, manifest: dict) -> DataSource:
     from .mini import world_name
 
-    verify_manifest(root, manifest)
+    identity = verify_manifest(root, manifest)
     details = {"generator_version": manifest.get("version"), **({"renderer": manifest["renderer"]} if "renderer" in manifest else {})}
-    return DataSource(kind="mini", dataset=manifest["name"], root=Path(root), identity=manifest["sha256"],
+    return DataSource(kind="mini", dataset=manifest["name"], root=Path(root), identity=identity,
                       world=world_name(manifest["size"], manifest["seed"]), details=details)
 
 

@@ -10,7 +10,7 @@ An objective is an ``nn.Module`` built by the backbone's ``BackboneSpec.pretrain
 ``encoder`` (the network that is exported), ``augment(image, generator)`` (one sample's views),
 ``noise_shape(batch, grid)`` (its per-step random numbers, e.g. masks) and ``forward(views,
 noise)`` returning ``{"loss": …}``; optionally ``after_step(step, total)`` (EMA teachers),
-``uses_captions`` (image–caption pairs) and ``prepare(dataset)`` (e.g. fit a tokenizer).
+``uses_captions`` (image–caption pairs) and ``prepare(dataset, seed)`` (e.g. fit a tokenizer, build a text model).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import __version__, distributed
 from .checkpoints import BackboneSpec, create_backbone
-from .data import DataNotFoundError
+from .data import DataNotFoundError, within
 from .fileio import atomic_save, atomic_write_text
 from .finetune import param_groups, set_drop_path
 from .params import keyword_overrides
@@ -108,7 +108,7 @@ class PretrainImages(Dataset):
             if not listing.is_file():
                 raise DataNotFoundError(f"image–caption pretraining needs {listing} (lines of {{\"image\": …, \"caption\": …}})")
             pairs = [json.loads(line) for line in listing.read_text().splitlines() if line.strip()]
-            self.files, self.captions = [root / p["image"] for p in pairs], [p["caption"] for p in pairs]
+            self.files, self.captions = [within(root, p["image"], listing) for p in pairs], [p["caption"] for p in pairs]
         else:
             self.files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
             self.captions = None
@@ -163,7 +163,7 @@ def pretrain(cfg: PretrainConfig, progress: Any = None) -> Path:
             raise DataNotFoundError(f"pretraining data not found at {root}: pass a folder of images or --data mini")
     dataset = PretrainImages(root, objective.augment, cfg.seed, captions=getattr(objective, "uses_captions", False))
     if hasattr(objective, "prepare"):
-        objective.prepare(dataset)
+        objective.prepare(dataset, cfg.seed)
     objective.to(device)
     keep = load_curation_scores(cfg.scores, dataset.files, root) if cfg.scores else None
     probe = GlobalBatchSampler(len(dataset), cfg.batch_size, 1, 0, cfg.seed, 0, 1, keep)

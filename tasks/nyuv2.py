@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from evalsuite.contracts import Task
-from evalsuite.data import DataNotFoundError
+from evalsuite.data import DataNotFoundError, within
 from evalsuite.metrics import DEPTH_CONVENTIONS, DEPTH_KEYS, depth_metrics
 from evalsuite.params import ParamError, param
 from evalsuite.registry import HEADS, TASKS
@@ -72,6 +72,7 @@ class NYUv2Sync(Dataset):
         for line in listing.read_text().splitlines():
             if line.strip():
                 rgb, depth, focal = line.split()[:3]
+                within(self.base, rgb.lstrip("/"), listing), within(self.base, depth.lstrip("/"), listing)
                 self.samples.append((rgb.lstrip("/"), depth.lstrip("/"), float(focal)))
 
     def __len__(self) -> int:

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from evalsuite.data import DataNotFoundError
+from evalsuite.data import DataNotFoundError, within
+from evalsuite.safeload import load_string_array
 
 BENCHMARK_SEED = 777  # MapAnything's configs/dataset/*_wai/test/default.yaml
 SETS_PER_SCENE = 10  # "Sample 10 multi-view sets from each scene"
@@ -77,13 +78,15 @@ def load_frame(scene_dir: Path, meta: dict, index: int, depth_modality: str = "d
     name = f.get("frame_name", f["image"])
     if not np.isfinite(cam2world).all() or not np.isfinite(K).all():
         raise ValueError(f"{scene_dir.name}/{name}: non-finite camera pose or intrinsics in scene_meta.json")
-    image_path = scene_dir / f[frame_key(meta, "image")]
+    meta_file = scene_dir / "scene_meta.json"
+    image_path = within(scene_dir, f[frame_key(meta, "image")], meta_file)
     if not image_path.is_file():
         raise DataNotFoundError(f"image {image_path} not found")
     depth_key = frame_key(meta, depth_modality)
     if depth_key not in f:
         raise DataNotFoundError(f"{scene_dir.name}/{name}: no {depth_modality!r} entry in scene_meta.json")
-    return Frame(name, np.asarray(Image.open(image_path).convert("RGB")), read_depth(scene_dir / f[depth_key]), K, cam2world)
+    depth = read_depth(within(scene_dir, f[depth_key], meta_file))
+    return Frame(name, np.asarray(Image.open(image_path).convert("RGB")), depth, K, cam2world)
 
 
 def load_scene(scene_dir: str | Path, depth_modality: str = "depth") -> tuple[list[Frame], np.ndarray | None]:
@@ -105,7 +108,7 @@ def covisibility(scene_dir: Path, meta: dict | None = None) -> np.ndarray | None
     if entry is None:
         return None
     key = entry["scene_key"] if isinstance(entry, dict) else entry
-    return np.load(Path(scene_dir) / key).astype(np.float32)
+    return np.load(within(scene_dir, key, Path(scene_dir) / "scene_meta.json")).astype(np.float32)
 
 
 def list_scenes(root: str | Path) -> list[Path]:
@@ -120,6 +123,7 @@ def scene_list(root: Path, split: str) -> list[Path]:
     ``*_scene_list_<split>.npy`` under ``root`` or ``root/<split>/``."""
     root = Path(root)
     listing = root / "splits" / f"{split}.txt"
+    source = listing
     if listing.is_file():
         names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
     else:
@@ -127,12 +131,13 @@ def scene_list(root: Path, split: str) -> list[Path]:
         if not found:
             raise DataNotFoundError(f"no {split} scene list under {root}: expected splits/{split}.txt or MapAnything's "
                                     f"*_scene_list_{split}.npy")
-        names = [str(n) for n in np.load(found[0], allow_pickle=True)]
-    missing = [n for n in names if not (root / n / "scene_meta.json").is_file()]
+        names, source = load_string_array(found[0]), found[0]
+    scenes = [within(root, n, source) for n in names]  # a scene name that climbs out of the root is refused
+    missing = [s for s in scenes if not (s / "scene_meta.json").is_file()]
     if missing:
-        raise DataNotFoundError(f"scene {root / missing[0]} of the {split} list has no scene_meta.json"
+        raise DataNotFoundError(f"scene {missing[0]} of the {split} list has no scene_meta.json"
                                 f"{f' (+{len(missing) - 1} more)' if len(missing) > 1 else ''}")
-    return [root / n for n in names]
+    return scenes
 
 
 # ---------------------------------------------------------------------------------------

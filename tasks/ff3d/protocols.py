@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from evalsuite import engine
 from evalsuite.cache import cached_features
 from evalsuite.contracts import Backbone, DataSource, Metric, Preprocess, RunContext, Task, TaskConfig, TaskOutput
-from evalsuite.data import folder_source
+from evalsuite.data import folder_source, within
 from evalsuite.params import Params, param
 from evalsuite.sampling import seeded
 
@@ -145,7 +145,7 @@ def clean_tav2(frame: Frame, scene: Path, entry: dict) -> Frame:
     depth[depth > np.percentile(depth, 95)] = 0
     if "moge2_mask" not in entry:
         raise FileNotFoundError(f"{scene.name}/{frame.name}: TAv2-WB needs the MoGe-2 mask (moge2_mask)")
-    mask = np.asarray(Image.open(scene / entry["moge2_mask"])).astype(int)
+    mask = np.asarray(Image.open(within(scene, entry["moge2_mask"], scene / "scene_meta.json"))).astype(int)
     mask = cv2.resize(mask.astype(np.uint8), (depth.shape[1], depth.shape[0]), interpolation=cv2.INTER_NEAREST)
     return Frame(frame.name, frame.rgb, np.where(mask > 0, depth, 0).astype(np.float32), frame.intrinsics, frame.cam2world)
 

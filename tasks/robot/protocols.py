@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +21,10 @@ from torch.utils.data import Dataset
 
 from evalsuite.cache import cached_features
 from evalsuite.contracts import Backbone, DataSource, Metric, RunContext, Task, TaskConfig, TaskOutput
-from evalsuite.data import read_manifest, verify_manifest
+from evalsuite.data import folder_identity, read_manifest, verify_manifest
 from evalsuite.fileio import atomic_directory
 from evalsuite.params import ParamError, Params, param
+from evalsuite.safeload import load_restricted_pickle
 from evalsuite.sampling import seeded
 
 from .policy import BatchNormMLP, HistoryBuffer, demo_inputs, rollout
@@ -71,8 +71,10 @@ def demo_cache_root() -> Path:
 
 class MetaWorldTask(Task):
     def missing_extra(self) -> str | None:
+        if (missing := super().missing_extra()) is not None:
+            return missing
         try:
-            metaworld()
+            metaworld()  # installed but broken (another mujoco, say) is missing too
         except RobotExtraMissing as exc:
             return str(exc)
         return None
@@ -89,8 +91,8 @@ class MetaWorldTask(Task):
                 "camera": p.camera, "image_size": p.image_size, "horizon": p.horizon,
                 "demo_source": demo_source_identity(p)}
         key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-        root = ensure_demos(demo_cache_root() / key[:16], spec, p)
-        identity = hashlib.sha256(json.dumps({**spec, "demos": read_manifest(root)["sha256"]}, sort_keys=True).encode())
+        root, demos = ensure_demos(demo_cache_root() / key[:16], spec, p)
+        identity = hashlib.sha256(json.dumps({**spec, "demos": demos}, sort_keys=True).encode())
         kind = "mini" if data == "mini" else "real"
         return DataSource(kind, "metaworld", root, identity.hexdigest(), world=world_name(mini_size, mini_seed) if data == "mini"
                           else None, details={"simulator": spec["simulator"], "tasks": list(p.tasks), "benchmark_seed": seed})
@@ -99,18 +101,17 @@ class MetaWorldTask(Task):
 def demo_source_identity(p) -> str:
     if not p.demo_dir:
         return "scripted experts (metaworld.policies)"
-    files = sorted(Path(p.demo_dir).glob("*.pickle"))
-    return hashlib.sha256("".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files).encode()).hexdigest()
+    return folder_identity(Path(p.demo_dir))  # the content of every file (hashes cached by size and mtime)
 
 
-def ensure_demos(root: Path, spec: dict, p) -> Path:
-    """Demonstrations of every task as ``<task>.npz`` (verified against their manifest when reused)."""
+def ensure_demos(root: Path, spec: dict, p) -> tuple[Path, str]:
+    """Demonstrations of every task as ``<task>.npz``, and their identity computed from the files
+    (verified against their manifest when reused)."""
     from evalsuite.mini import write_manifest
 
     manifest = read_manifest(root)
     if manifest is not None:
-        verify_manifest(root, manifest)
-        return root
+        return root, verify_manifest(root, manifest)
     camera = Camera(p.camera, p.image_size)
     with atomic_directory(root) as tmp:
         for task in p.tasks:
@@ -122,22 +123,8 @@ def ensure_demos(root: Path, spec: dict, p) -> Path:
                                 proprio=np.stack([d.proprio for d in demos]), states=np.stack([d.states for d in demos]),
                                 actions=np.stack([d.actions for d in demos]), success=np.array([d.success for d in demos]))
         (tmp / "spec.json").write_text(json.dumps(spec, indent=1, sort_keys=True))
-        write_manifest(tmp, {"name": "metaworld-demos", "mini": False})
-    return root
-
-
-class _NumpyOnly(pickle.Unpickler):
-    """Expert-demo pickles hold lists and dicts of numpy arrays: those classes are built, nothing else
-    (a pickle that asks for anything more is refused, never executed)."""
-
-    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict")}
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in self.ALLOWED or (module == "numpy" and name.startswith("dtype")):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refused {module}.{name}: expert pickles may only hold numpy arrays, lists and dicts")
+        identity = write_manifest(tmp, {"name": "metaworld-demos", "mini": False})
+    return root, identity
 
 
 def load_expert_pickle(path: Path) -> list[Demo]:
@@ -145,8 +132,7 @@ def load_expert_pickle(path: Path) -> list[Demo]:
     ``observations`` T×39 and/or ``env_infos['gripper_proprio']`` T×4, ``env_infos['success']``)."""
     if not path.is_file():
         raise FileNotFoundError(f"expert pickle {path} not found (expected <task>.pickle)")
-    with open(path, "rb") as fh:
-        paths = _NumpyOnly(fh).load()
+    paths = load_restricted_pickle(path)
     demos = []
     for k, entry in enumerate(paths):
         infos = entry.get("env_infos", {})
@@ -267,6 +253,7 @@ def run_task(backbone: Backbone, p, ctx: RunContext, task: str, transform) -> di
 
 METAWORLD = MetaWorldTask("metaworld", version=1, family="robot", dataset="metaworld", mini_dataset="metaworld",
                           tolerance=5.0, quickstart=({"protocol": "bc"},),
+                          requires={"metaworld": "robot", "gymnasium": "robot"},
                           description="robot behaviour cloning from frozen features in MetaWorld v3 (CortexBench's protocol)")
 
 

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from evalsuite.data import DataNotFoundError
+from evalsuite.data import DataNotFoundError, within
 from evalsuite.metrics import vqa_normalise, vqa_question_accuracy
 
 IMAGE_FOLDERS = {"train2014": "train2014", "val2014": "val2014", "test-dev2015": "test2015", "test2015": "test2015"}
@@ -152,7 +152,7 @@ def load_karpathy(json_path: str | Path, image_root: str | Path, split: str = "t
     for img in images:
         if img.get("split") not in wanted:
             continue
-        path = Path(image_root) / img.get("filepath", "") / img["filename"]
+        path = within(image_root, Path(img.get("filepath", "")) / img["filename"], json_path)
         if not path.is_file():
             raise DataNotFoundError(f"{json_path.name}: image {img['filename']} of split {split!r} not found at {path}")
         captions = tuple(s["raw"] for s in img.get("sentences", ()))

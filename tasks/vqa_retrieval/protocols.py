@@ -39,8 +39,9 @@ from evalsuite.text import VisualEmbedding, grid_cells
 from .data import RetrievalItem, VQAQuestion, answer_vocabulary, load_karpathy, load_vqa, soft_targets
 from .model import CrossModal, RetrievalHeads, VQAHead, retrieval_loss, sample_tokens, token_grid, visual_tokens, vqa_loss
 
-VQA = Task("vqa", version=1, family="vision-language", dataset="vqav2", mini_dataset="vqa-mini", tolerance=1.0,
-           quickstart=({"protocol": "adapter"},),
+TEXT_SIDE = {"transformers": "core", "tokenizers": "core"}  # the BERT of the adapters and its WordPiece tokenizer
+VQA = Task("vqa", version=2, family="vision-language", dataset="vqav2", mini_dataset="vqa-mini", tolerance=1.0,
+           quickstart=({"protocol": "adapter"},), requires=TEXT_SIDE,
            description="VQA v2 through a Pixel-BERT-style cross-modal adapter; the official evaluator's accuracy")
 
 
@@ -51,8 +52,8 @@ class RetrievalTask(Task):
         return folder_source(config.params.dataset, data_root)  # [data_roots] keys: flickr30k, coco
 
 
-RETRIEVAL = RetrievalTask("retrieval", version=1, family="vision-language", dataset="flickr30k",
-                          mini_dataset="retrieval-mini", tolerance=5.0, quickstart=({"protocol": "adapter"},),
+RETRIEVAL = RetrievalTask("retrieval", version=2, family="vision-language", dataset="flickr30k",
+                          mini_dataset="retrieval-mini", tolerance=5.0, quickstart=({"protocol": "adapter"},), requires=TEXT_SIDE,
                           description="image–text retrieval (Karpathy splits): dual-encoder recall and ITM re-ranking")
 
 # Karpathy JSON, image folder, ALBEF's k_test (configs/Retrieval_{flickr,coco}.yaml)
@@ -220,8 +221,8 @@ def token_sources(backbone: Backbone, splits: dict[str, list[Path]], p, ctx: Run
     return out, grid, pre
 
 
-def build_text(backbone: Backbone, p, texts: list[str], visual_dim: int, grid: tuple[int, int]):
-    """(TextEncoder, VisualEmbedding) for ``p.text``."""
+def build_text(backbone: Backbone, p, texts: list[str], visual_dim: int, grid: tuple[int, int], seed: int):
+    """(TextEncoder, VisualEmbedding) for ``p.text``; a from-scratch BERT is initialised from ``seed``."""
     max_grid = max(64, *grid)
     if p.text == "checkpoint":
         text, visual = paired_text(backbone)
@@ -233,7 +234,7 @@ def build_text(backbone: Backbone, p, texts: list[str], visual_dim: int, grid: t
         text = TEXT_ENCODERS.get("bert-local").build(texts, path=p.text_path, max_length=p.max_length)
     else:
         text = TEXT_ENCODERS.get("scratch").build(texts, vocab_size=p.vocab_size, hidden=p.hidden, layers=p.layers,
-                                                  heads=p.heads, max_length=p.max_length)
+                                                  heads=p.heads, max_length=p.max_length, seed=seed)
     return text, VisualEmbedding(visual_dim, text.dim, max_grid)
 
 
@@ -391,7 +392,8 @@ def vqa_protocol(finetune: bool):
             dev_paths, dev_rows = image_rows(dev_q)
             splits["test-dev2015"] = dev_paths
         tokens, grid, _ = token_sources(backbone, splits, p, ctx, finetune)
-        text, visual = build_text(backbone, p, [q.question for q in train_q], visual_dim(backbone, tokens["train2014"]), grid)
+        text, visual = build_text(backbone, p, [q.question for q in train_q], visual_dim(backbone, tokens["train2014"]), grid,
+                                  ctx.seed)
         adapter = Adapter(CrossModal(text, visual, p.pool), VQAHead(text.dim, len(vocab), p.head_dropout), grid, p.visual_tokens,
                           backbone if finetune else None)
         tok = lambda qs: text.tokenize([q.question for q in qs])
@@ -523,7 +525,7 @@ def retrieval_protocol(finetune: bool):
                                                    "test": [i.image for i in test_items]}, p, ctx, finetune)
         train_captions, train_txt2img = flatten(train_items)
         test_captions, test_txt2img = flatten(test_items)
-        text, visual = build_text(backbone, p, train_captions, visual_dim(backbone, tokens["train"]), grid)
+        text, visual = build_text(backbone, p, train_captions, visual_dim(backbone, tokens["train"]), grid, ctx.seed)
         adapter = Adapter(CrossModal(text, visual, p.pool), RetrievalHeads(text.dim, p.embed_dim), grid, p.visual_tokens,
                           backbone if finetune else None)
         ids, mask = text.tokenize(train_captions)
