@@ -53,6 +53,11 @@ def variants(task: str) -> list[dict]:
     return [dict(v) for v in TASKS.get(task).quickstart] or [{}]
 
 
+def quickstart_tasks() -> list[str]:
+    """Every registered task with a mini world: the quickstart runs them all."""
+    return [task for task in TASKS.names() if TASKS.get(task).mini_dataset]
+
+
 def run(out: Path, force: bool = False, progress=None, run_one: Callable[..., CellResult] | None = None,
         mini_seed: int = 0, skipped: Callable[[str, str], None] | None = None) -> Iterator[CellResult]:
     """Yield every quickstart cell's result (pretraining first, on first use).
@@ -64,9 +69,7 @@ def run(out: Path, force: bool = False, progress=None, run_one: Callable[..., Ce
     weights = [(name, "random", None) for name in RANDOM_TWINS]
     weights += [(name, str(pretrained_checkpoint(replace(cfg, mini_seed=mini_seed), progress)), PRETRAINED_LABEL)
                 for name, cfg in PRETRAIN.items()]
-    for task in TASKS.names():
-        if not TASKS.get(task).mini_dataset:
-            continue
+    for task in quickstart_tasks():
         if (reason := TASKS.get(task).missing_extra()) is not None:
             if skipped is not None:
                 skipped(task, reason)
