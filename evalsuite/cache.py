@@ -3,8 +3,9 @@
 The key covers everything that changes the numbers — backbone name and weights sha256, the feature
 reducer (its name and version), the preprocessing, the data manifest hash, the split and the dtype —
 so a stale entry can never be read (a pitfall of lm-eval and CLIP_benchmark). Features are stored
-as fp16 ``.npy`` files written batch by batch into a memory map (peak memory does not grow with the
-dataset), in a temporary folder renamed into place when complete. Reads are memory-mapped.
+as fp16 ``.npy`` files (fp32 for features that come near fp16's range) written batch by batch into a
+memory map (peak memory does not grow with the dataset), in a temporary folder renamed into place
+when complete. Reads are memory-mapped.
 """
 
 from __future__ import annotations
@@ -67,6 +68,12 @@ def cached_features(backbone: Backbone, dataset: Dataset, ctx: RunContext, reduc
 
 
 ARRAYS = ("features.npy", "labels.npy")
+FP16_HEADROOM = 64  # features stored as fp16 only while |x| stays this far inside its range (65504)
+
+
+def storage_dtype(batch: np.ndarray):
+    """fp16 halves the cache; features that reach 1/64 of its range are kept in fp32 instead of failing."""
+    return np.float32 if np.abs(batch).max() > np.finfo(np.float16).max / FP16_HEADROOM else np.float16
 
 
 def _intact(folder: Path) -> bool:
@@ -92,12 +99,16 @@ def _extract_to(folder: Path, backbone, dataset, ctx, reduce, reducer: str, spli
             if not np.isfinite(out).all():
                 raise FloatingPointError(f"{backbone.meta.name} gave non-finite {split} features (rows {row}–"
                                          f"{row + len(out) - 1}): the run is failed and nothing is cached")
-            if np.abs(out).max() > np.finfo(np.float16).max:
-                raise FloatingPointError(f"{backbone.meta.name}'s {split} features exceed the fp16 range of the cache "
-                                         f"(max |x| = {np.abs(out).max():.3g})")
-            if feats is None:
-                feats = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16,
+            if feats is None:  # fp16 unless the first batch comes near its range (timm CNNs without a final norm)
+                feats = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=storage_dtype(out),
                                                   shape=(len(dataset), *out.shape[1:]))
+            elif feats.dtype == np.float16 and storage_dtype(out) == np.float32:  # a later batch does: widen, keep going
+                feats.flush()
+                wide = np.lib.format.open_memmap(tmp / "features32.npy", mode="w+", dtype=np.float32, shape=feats.shape)
+                wide[:row] = feats[:row]
+                del feats
+                os.replace(tmp / "features32.npy", tmp / "features.npy")
+                feats = wide
             feats[row : row + len(out)] = out
             labels[row : row + len(out)] = np.asarray(targets)
             row += len(out)

@@ -50,14 +50,37 @@ def _run_one(backbone, task, *, weights, data, data_root, mini_size, mini_seed, 
     from .runner import RunFailed, run_cell
 
     try:
-        with _progress() as progress, _warnings_to_stderr():
+        with _progress() as progress, _warnings_to_stderr(), _interruptible():
             return run_cell(backbone, task, weights=weights, data=data, data_root=data_root, mini_size=mini_size,
                             mini_seed=mini_seed, seed=seed, params=params, out_dir=out, force=force, batch_size=batch_size,
                             device=device, progress=progress)
+    except KeyboardInterrupt:
+        _fail("interrupted: no record was written; run the same command again to resume from the cell's work dir", code=130)
     except RunFailed as exc:
         _fail(f"{exc} (record: {exc.path})", code=1)
     except _user_errors() as exc:
         _fail(str(exc))
+
+
+@contextmanager
+def _interruptible():
+    """SIGTERM (Slurm's preemption, `kill`) ends a run as Ctrl-C does: through the same cleanup
+    (no partial record, the work dir kept), not by killing the process where it stands."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
@@ -637,8 +660,11 @@ def pretrain(
     cfg = PretrainConfig(backbone=backbone, data=data, mini_seed=mini_seed, out=str(out), steps=steps, epochs=epochs, batch_size=batch_size,
                          blr=blr, drop_path=drop_path, seed=seed, scores=str(scores) if scores else None, weights=weights,
                          objective=options, num_workers=num_workers, save_every=save_every, image_size=image_size)
-    with _progress() as progress:
-        path = run_pretrain(cfg, progress)
+    try:
+        with _progress() as progress:
+            path = run_pretrain(cfg, progress)
+    except _user_errors() as exc:
+        _fail(str(exc))
     console.print(f"checkpoint: {path}  (evaluate with --weights {path})", highlight=False)
 
 
@@ -675,7 +701,8 @@ def sweep(
 
     split = lambda items: [x for item in items for x in item.split(",") if x]
     options = RunOptions(out=out, data=data, data_root=data_root, mini_size=mini_size, mini_seed=mini_seed,
-                         params=tuple(param), batch_size=batch_size, device=device)
+                         params=tuple(param), batch_size=batch_size, device=device,
+                         processes={"torchrun": processes, "slurm": max(1, gpus_per_node)}.get(executor, 1))
     try:
         from .sweep import EXECUTORS
 
@@ -698,10 +725,14 @@ def sweep(
             if not _machine_output(rows, format):
                 _print_frame(rows.drop(columns="command"), f"sweep of {len(rows)} cells (dry run) → {out}")
                 known = rows["estimated_s"].dropna()
-                todo = rows[rows["state"] != "done"]
+                blocked = rows[rows["state"].str.startswith("cannot run")]
+                todo = rows[(rows["state"] != "done") & ~rows.index.isin(blocked.index)]
                 console.print(f"{len(todo)} to run; estimated {todo['estimated_s'].sum():.0f} s for the "
-                              f"{todo['estimated_s'].notna().sum()} with a known cost ({len(known)} known in all)",
+                              f"{todo['estimated_s'].notna().sum()} with a known cost ({len(known)} known in all)"
+                              + (f"; {len(blocked)} cannot run (see their state) and are not counted" if len(blocked) else ""),
                               highlight=False)
+            if len(rows) and (rows["state"].str.startswith("cannot run")).any():
+                raise typer.Exit(1)  # a plan that cannot run as a whole is not a success, for scripts either
             return
     except _user_errors() as exc:
         _fail(str(exc))
@@ -779,7 +810,10 @@ def curate(
     from .curate import curate as run_curate
     from .curate import write_scores
 
-    result = run_curate(scorer, data, min_side=min_side, min_entropy=min_entropy)
+    try:
+        result = run_curate(scorer, data, min_side=min_side, min_entropy=min_entropy)
+    except _user_errors() as exc:
+        _fail(str(exc))
     write_scores(result, out)
     console.print(f"{len(result['scores'])} images scored, expected kept fraction "
                   f"{result['kept_fraction_expected']:.3f}: {out}", highlight=False)

@@ -288,6 +288,10 @@ class Task:
 
         return decorator
 
+    def check_source(self, config: "TaskConfig", source: DataSource) -> None:
+        """Refuse (`ParamError`) a parameter choice that this data source cannot honour, before any work:
+        a number must never carry a label (a dataset, a variant) of data it was not computed on."""
+
     def missing_extra(self) -> str | None:
         """Why this task cannot run in this installation (a module of ``requires`` absent), or None.
         Checked without importing anything (`importlib.util.find_spec`)."""

@@ -65,7 +65,14 @@ def curate(checkpoint: str | Path, data: str | Path, min_side: int = 320, min_en
         batch = torch.stack([transform(im) for im in images])
         noise = torch.rand(objective.noise_shape(len(chunk), grid), generator=seeded(seed, start, 3))
         losses += objective.reconstruction_error(batch, noise).tolist()
+    if not files:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
     loss, ok = np.array(losses), np.array(passed, dtype=bool)
+    if not ok.any():
+        sides = sorted(min(Image.open(f).size) for f in files)
+        raise ValueError(f"no image of the {len(files)} under {root} passes the filters (shorter side ≥ --min-side "
+                         f"{min_side}, colour entropy > --min-entropy {min_entropy} bits; their shorter sides span "
+                         f"{sides[0]}–{sides[-1]} px): the scores would select nothing; lower the thresholds")
     normalised = np.zeros_like(loss)
     if ok.any():  # min-max over the images that pass the filters; the others score 0
         lo, hi = loss[ok].min(), loss[ok].max()

@@ -60,6 +60,46 @@ def within(root: str | Path, relative: str | Path, named_in: str | Path) -> Path
     return Path(root) / rel
 
 
+def read_image(path: str | Path, mode: str | None = "RGB"):
+    """A PIL image, fully decoded now: a truncated or damaged file is one line naming it (PIL would
+    say "image file is truncated" without the file, often later, inside a DataLoader worker)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert(mode) if mode else image.copy()
+    except FileNotFoundError:
+        raise DataNotFoundError(f"image {path} not found") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise DataCorruptedError(f"{path} is not a readable image ({exc}): restore the file") from None
+
+
+def read_json_file(path: str | Path):
+    """A JSON file, or one line naming it and where its syntax breaks."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise DataCorruptedError(f"{path} is not valid JSON ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise DataCorruptedError(f"{path} is not a UTF-8 JSON file ({exc})") from None
+
+
+def require_fields(entry, fields: dict[str, type | tuple[type, ...]], where: str):
+    """``entry`` is a dict whose ``fields`` exist with those types; else one line naming ``where``
+    (file and entry), the field and what it holds."""
+    if not isinstance(entry, dict):
+        raise DataCorruptedError(f"{where}: expected an object, got {type(entry).__name__}")
+    for name, kind in fields.items():
+        if name not in entry:
+            raise DataCorruptedError(f"{where}: no {name!r} field")
+        value = entry[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            want = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise DataCorruptedError(f"{where}: {name!r} must be {want}, got {value!r} ({type(value).__name__})")
+    return entry
+
+
 def config_paths() -> list[Path]:
     explicit = os.environ.get("EVALSUITE_CONFIG")
     if explicit:

@@ -70,6 +70,18 @@ def plain_checkpoint_hook():
     return PlainCheckpointHook()
 
 
+def iterations(epochs: int, steps_per_epoch: int, samples: int, batch: int) -> int:
+    """``epochs`` × ``steps_per_epoch`` optimiser steps, refused below 2 (a warm-up/decay schedule
+    needs two) rather than raised silently: the record's ``epochs`` is what ran."""
+    from .params import ParamError
+
+    iters = epochs * steps_per_epoch
+    if iters < 2:
+        raise ParamError(f"epochs={epochs} gives {iters} optimiser step(s) ({samples} training samples, batch {batch}): "
+                         "at least 2 are needed; raise epochs or lower batch_size")
+    return iters
+
+
 @dataclass(frozen=True)
 class Schedule:
     """The learning-rate factor of iteration i (0-based) of ``iters``, as closed forms.

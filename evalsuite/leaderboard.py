@@ -44,7 +44,12 @@ def load_tidy(source: str | Path) -> pd.DataFrame:
     """A tidy frame from a folder of records or a tidy CSV; failed runs never contribute."""
     source = Path(source)
     if source.is_file():
-        frame = pd.read_csv(source, dtype={"world": str})
+        try:
+            frame = pd.read_csv(source, dtype={"world": str})
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            why = "it is empty" if isinstance(exc, pd.errors.EmptyDataError) else exc
+            raise ValueError(f"{source} is not an evalsuite results CSV ({why}): write one with "
+                             "`evalsuite leaderboard RESULTS --tidy-csv FILE`") from None
         missing = sorted(set(CELL + ["value", "higher_is_better", "primary"]) - set(frame.columns))
         if missing:
             raise ValueError(f"{source} is not an evalsuite results CSV: missing columns {missing}")

@@ -22,11 +22,12 @@ P = TypeVar("P", bound="Params")
 
 def param(default: Any, help: str = "", *, min: float | None = None, max: float | None = None,
           min_exclusive: bool = False, max_exclusive: bool = False, choices: tuple | None = None,
-          operational: bool = False) -> Any:
+          operational: bool = False, increasing: bool = False) -> Any:
     """A parameter field: ``min``/``max`` bound numbers (and every element of a tuple), ``choices``
-    restricts the value, ``operational`` keeps it out of the cell identity."""
+    restricts the value, ``increasing`` demands a strictly increasing tuple (a schedule's milestones),
+    ``operational`` keeps it out of the cell identity."""
     meta = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive, "max_exclusive": max_exclusive,
-            "choices": choices, "operational": operational}
+            "choices": choices, "operational": operational, "increasing": increasing}
     if isinstance(default, (list, dict, set)):
         raise TypeError("parameter defaults must be immutable (use a tuple)")
     return field(default=default, metadata=meta)
@@ -181,6 +182,8 @@ def _check_range(f: dataclasses.Field, value: Any) -> None:
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise ParamError(f"{f.name}={_show(value)} is not one of {'|'.join(map(str, choices))}")
+    if meta.get("increasing") and isinstance(value, tuple) and any(b <= a for a, b in zip(value, value[1:])):
+        raise ParamError(f"{f.name}={_show(value)} must be strictly increasing (a schedule's milestones, in order)")
     lo, hi = meta.get("min"), meta.get("max")
     if lo is None and hi is None:
         return

@@ -132,12 +132,32 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+# what the data order and the learning-rate schedule are a function of: a resumed run must keep them
+RESUME_FIELDS = ("backbone", "data", "mini_seed", "steps", "epochs", "batch_size", "blr", "warmup_fraction", "weight_decay",
+                 "seed", "scores", "objective", "image_size", "drop_path")
+
+
+def check_resumable(path: Path, saved: dict, cfg: PretrainConfig) -> None:
+    """Refuse to resume under other settings: a new ``--steps`` would silently re-draw the cosine
+    schedule (the learning rate jumps back up) and a new batch would re-deal the data."""
+    changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} → {getattr(cfg, k)!r}" for k in RESUME_FIELDS
+               if k in saved and saved[k] != getattr(cfg, k)]
+    if changed:
+        raise ValueError(f"{path} was trained with other settings ({'; '.join(changed)}): --resume continues the same "
+                         "run (its schedule, data order and RNG); give the checkpoint's settings, or start a new --out "
+                         "with --weights to begin from it")
+
+
 def load_curation_scores(path: str | Path, files: list[Path], root: Path) -> np.ndarray:
     scores = json.loads(Path(path).read_text())["scores"]
     missing = [str(f.relative_to(root)) for f in files if str(f.relative_to(root)) not in scores]
     if missing:
         raise ValueError(f"{path} has no score for {len(missing)} images, e.g. {missing[0]}")
-    return np.array([scores[str(f.relative_to(root))] for f in files], dtype=np.float64)
+    values = np.array([scores[str(f.relative_to(root))] for f in files], dtype=np.float64)
+    if not (values > 0).any():
+        raise ValueError(f"{path} gives every one of the {len(files)} images score 0: it selects nothing to pretrain on "
+                         "(re-run `evalsuite curate` with a lower --min-side or --min-entropy)")
+    return values
 
 
 def pretrain(cfg: PretrainConfig, progress: Any = None) -> Path:
@@ -175,6 +195,7 @@ def pretrain(cfg: PretrainConfig, progress: Any = None) -> Path:
     start = 0
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        check_resumable(ckpt_path, json.loads(state["config"]), cfg)
         objective.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]

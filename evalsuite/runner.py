@@ -13,7 +13,9 @@ cell and resumes a killed one from the same work dir.
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import socket
 import time
 import traceback
 import uuid
@@ -29,7 +31,7 @@ from .checkpoints import BackboneSpec, create_backbone, resolve_weights
 from .contracts import DataSource, RunContext, TaskConfig
 from .data import file_sha256
 from .environment import default_device, environment, git_state, parse_device, seed_everything
-from .fileio import atomic_write_text
+from .fileio import atomic_write_bytes, atomic_write_text
 from .records import RunRecord, artifacts_dir, cell_key, failed_path, record_path, write_record
 from .registry import BACKBONES, TASKS
 
@@ -77,9 +79,13 @@ def work_dir_of(out_dir: Path, cell: Cell) -> Path:
 def resolve_cell(backbone: str, task: str, *, weights: str | None = None, data: str = "real",
                  data_root: str | Path | None = None, mini_size: str = "small", mini_seed: int = 0, seed: int = 0,
                  params: dict[str, Any] | None = None, protocol: str | None = None,
-                 out_dir: Path = DEFAULT_OUT) -> Cell:
+                 out_dir: Path = DEFAULT_OUT, processes: int | None = None) -> Cell:
     """Names, parameters and weights are checked first (cheap, one actionable line each); then the
-    data source is asked for its identity once."""
+    data source is asked for its identity once.
+
+    ``processes`` (default: this run's world size) enters the identity when above 1: per-process
+    random streams (augmentation, dropout, drop-path) and mixup pairs within each process's batch make
+    a DDP run another computation than a one-process run, so the two are separate cells."""
     if data not in ("real", "mini"):
         raise ValueError(f"data must be 'real' or 'mini', got {data!r}")
     bb_spec = BACKBONES.get(backbone)
@@ -92,7 +98,10 @@ def resolve_cell(backbone: str, task: str, *, weights: str | None = None, data: 
     source = task_obj.data_source(data, data_root, mini_size, mini_seed, config)
     if source.kind == "mini" and not config.mini:  # a generated folder passed as real data is mini data
         config = task_obj.resolve(params, protocol=protocol, mini=True)
-    key = cell_key(task=config.name, task_version=config.version, identity=config.identity(),
+    task_obj.check_source(config, source)
+    processes = distributed.world_size() if processes is None else processes
+    identity = {**config.identity(), **({"processes": processes} if processes > 1 else {})}
+    key = cell_key(task=config.name, task_version=config.version, identity=identity,
                    data_identity=source.identity, backbone=backbone, weights=weights_id, seed=seed)
     return Cell(backbone, config, source, weights, weights_id, seed, key, record_path(out_dir, backbone, config.label, key))
 
@@ -155,6 +164,13 @@ def execute(cell: Cell, *, out_dir: Path, device: torch.device, amp: bool | None
     bb_info |= {"family": model.meta.family, "num_params": model.meta.num_params}
     if getattr(model, "checkpoint_dtypes", None):
         bb_info["checkpoint_dtypes"] = model.checkpoint_dtypes  # e.g. a bfloat16 file loaded into float32
+    failed = failed_path(cell.path)
+    earlier_failure = failed.read_bytes() if is_writer and failed.is_file() else None
+    if is_writer:  # a process killed outright (out of memory, SIGKILL, a crash) still leaves a failed record
+        write_record(RunRecord(**base, status="failed", finished_at=started, backbone=bb_info, timings={},
+                               error=f"unfinished: started at {started} (pid {os.getpid()} on {socket.gethostname()}) and "
+                                     "never finished: still running, or the process died (killed, out of memory, a "
+                                     "crash); run the cell again to resume it from its work dir"), failed)
     try:
         t_task = time.perf_counter()
         output = config.protocol.run(model, config, ctx)
@@ -178,10 +194,16 @@ def execute(cell: Cell, *, out_dir: Path, device: torch.device, amp: bool | None
             timings={"total_s": time.perf_counter() - t0},
             error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}",
         )
-        failed = failed_path(cell.path)
         if is_writer:
             write_record(record, failed)
         raise RunFailed(f"{backbone} × {config.label} failed: {type(exc).__name__}: {exc}", failed) from exc
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM): no record of a run that did not end; the work dir resumes it
+        if is_writer:
+            if earlier_failure is None:
+                failed.unlink(missing_ok=True)
+            else:
+                atomic_write_bytes(failed, earlier_failure)
+        raise
     if is_writer:
         for name, text in output.artifacts.items():  # before the record that names them
             atomic_write_text(cell.path.parent / artifacts[name], text)

@@ -36,6 +36,7 @@ class RunOptions:
     params: tuple[str, ...] = ()  # KEY=VALUE, as `-p`
     batch_size: int = 64
     device: str | None = None
+    processes: int = 1  # processes per cell (torchrun/Slurm): part of a cell's identity when above 1
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ def state(cell: SweepCell, options: RunOptions) -> tuple[str, Path | None]:
 
     resolved = resolve_cell(cell.backbone, cell.task, weights=cell.weights, data=options.data, data_root=options.data_root,
                             mini_size=options.mini_size, mini_seed=options.mini_seed, seed=cell.seed,
-                            params=_params(options), protocol=cell.protocol, out_dir=options.out)
+                            params=_params(options), protocol=cell.protocol, out_dir=options.out,
+                            processes=options.processes)
     if resolved.path.is_file() and RunRecord.load(resolved.path).status == "ok":
         return "done", resolved.path
     if failed_path(resolved.path).is_file():

@@ -655,7 +655,7 @@ def training_iterations(p, n: int) -> int:
     partial batch is dropped, as both references' loaders do)."""
     if p.iterations is not None:
         return p.iterations
-    return max(2, p.epochs * max(1, n // min(p.batch_size, n)))
+    return engine.iterations(p.epochs, max(1, n // min(p.batch_size, n)), n, min(p.batch_size, n))
 
 
 def run_dense(backbone: Backbone, cfg: TaskConfig, ctx: RunContext, target: DenseTarget) -> TaskOutput:

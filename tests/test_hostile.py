@@ -341,3 +341,9 @@ def test_readme_commands_are_runnable():
 
     for command in listed:
         assert "|" not in command and command.split()[2] in LISTS, command
+    import shlex
+
+    verbatim = [line.strip() for block in blocks for line in block.splitlines() if line.startswith("evalsuite list")]
+    for line in verbatim:  # pasted as shown, trailing comment and all (zsh does not strip it)
+        result = CliRunner().invoke(app, shlex.split(line)[1:])
+        assert result.exit_code == 0, (line, result.output)

@@ -16,6 +16,7 @@ from evalsuite.checkpoints import create_backbone
 from evalsuite.cli import app
 from evalsuite.data import files_digest, hash_file
 from evalsuite.mini import ensure_mini
+from evalsuite.pretrain import IMAGE_SUFFIXES
 from evalsuite.records import RunRecord
 from evalsuite.safeload import UnsafePickleError, load_string_array
 
@@ -198,3 +199,161 @@ def test_weights_that_are_no_checkpoint_or_not_finite_are_refused(tmp_path, weig
     path = weights if weights.startswith("/") else tmp_path / weights
     result = cli(*KNN[:-1], path, "--data", "mini", "--out", tmp_path / "runs")
     assert result.exit_code == 2 and message in result.output.replace("\n", ""), result.output
+
+
+# ---------------------------------------------------------------------------------------
+# Handled poorly before: one actionable line naming the file and what is wrong
+# ---------------------------------------------------------------------------------------
+def test_an_empty_baseline_csv_is_one_line_naming_it(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "runs").mkdir()
+    result = cli("check", tmp_path / "runs", "--baseline", tmp_path / "empty.csv")
+    assert result.exit_code == 2
+    assert f"{tmp_path / 'empty.csv'} is not an evalsuite results CSV (it is empty)" in result.output.replace("\n", "")
+
+
+def _bad_meta(scene):
+    (scene / "scene_meta.json").write_text('{"frames": [')
+
+
+def _truncated_png(scene):
+    meta = json.loads((scene / "scene_meta.json").read_text())
+    image = scene / meta["frames"][0]["image"]
+    image.write_bytes(image.read_bytes()[:300])
+
+
+@pytest.mark.parametrize("damage, message", [(_bad_meta, "scene_meta.json is not valid JSON"),
+                                             (_truncated_png, "is not a readable image")])
+def test_a_damaged_ff3d_scene_is_one_line_naming_the_file(tmp_path, damage, message):
+    root, scene = wai_copy(tmp_path)
+    damage(scene)
+    result = cli(*FF3D, "--data-root", root, "--out", tmp_path / "runs")
+    text = result.output.replace("\n", "")
+    assert result.exit_code != 0 and message in text and str(scene) in text, result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("edit, message", [(lambda q: q.pop("image_id"), "question 0: no 'image_id' field"),
+                                           (lambda q: q.update(image_id="42"), "question 0: 'image_id' must be int, got '42'")])
+def test_a_malformed_vqa_question_is_one_line(tmp_path, edit, message):
+    root = tmp_path / "vqa"
+    shutil.copytree(ensure_mini("vqa-mini"), root)
+    (root / "manifest.json").unlink()
+    path = root / "v2_OpenEnded_mscoco_train2014_questions.json"
+    data = json.loads(path.read_text())
+    edit(data["questions"][0])
+    path.write_text(json.dumps(data))
+    result = cli("run", "-b", "pixio-tiny", "-t", "vqa", "--weights", "random", "--data-root", root, "--out", tmp_path / "r")
+    assert result.exit_code != 0 and f"{path}: {message}" in result.output.replace("\n", ""), result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-p", "resolution=100000,100000"], "resolution=(100000, 100000) is out of range: needs 1 ≤ x ≤ 2048"),
+    (["-p", "dataset=eth3d"], "dataset=eth3d names a real MapAnything benchmark"),
+])
+def test_ff3d_choices_that_cannot_run_or_cannot_be_honoured_are_refused(tmp_path, args, message):
+    result = cli("run", "-b", "pixio-tiny", "-t", "ff3d", "--weights", "random", "--data", "mini", *args,
+                 "--out", tmp_path / "runs")
+    assert result.exit_code == 2 and message in result.output.replace("\n", ""), result.output
+    assert not list((tmp_path / "runs").rglob("*.json"))
+
+
+def test_an_out_of_order_lr_schedule_is_refused(tmp_path):
+    result = cli("run", "-b", "pixio-tiny", "-t", "vqa", "--weights", "random", "--data", "mini", "-p", "lr_steps=5,1",
+                 "--out", tmp_path / "runs")
+    assert result.exit_code == 2 and "lr_steps=(5, 1) must be strictly increasing" in result.output, result.output
+
+
+def test_a_fine_tune_too_short_to_run_is_refused_not_lengthened(tmp_path):
+    result = cli("run", "-b", "mae-tiny", "-t", "imagenet", "--data", "mini", "--weights", "random", "--protocol",
+                 "finetune", "--label-fraction", "0.1", "-p", "epochs=1", "-p", "batch_size=4096", "--out", tmp_path / "r")
+    assert result.exit_code != 0
+    assert "epochs=1 gives 1 optimiser step(s)" in result.output.replace("\n", ""), result.output
+
+
+def test_features_beyond_the_fp16_range_are_cached_in_fp32(tmp_path):
+    """timm:inception_v3 with random weights reaches |x| ≈ 1e5: kept, not failed (and fp16 stays the
+    default for ordinary features, so no cached number moves)."""
+    from torch.utils.data import TensorDataset
+
+    from evalsuite.cache import cached_features
+    from evalsuite.contracts import RunContext
+    from evalsuite.data import mini_source
+
+    backbone = create_backbone("mae-tiny", "random")
+    images = torch.zeros(6, 3, 8, 8)
+    dataset = TensorDataset(images, torch.arange(6))
+    ctx = RunContext(data=mini_source("imagenet-mini"), seed=0, batch_size=2)
+    scale = {"big": lambda b, x: torch.full((len(x), 3), 2e5 + 1), "small": lambda b, x: torch.ones(len(x), 3)}
+    late = lambda b, x: torch.full((len(x), 3), 1e5 if x.abs().sum() > 0 else 1.0)
+    big, _ = cached_features(backbone, dataset, ctx, scale["big"], "big", "train", backbone.meta.preprocess)
+    small, _ = cached_features(backbone, dataset, ctx, scale["small"], "small", "train", backbone.meta.preprocess)
+    assert big.dtype == torch.float32 and big[5, 0] == 2e5 + 1 and small.dtype == torch.float16
+    widened = TensorDataset(torch.cat([torch.zeros(4, 3, 8, 8), torch.ones(2, 3, 8, 8)]), torch.arange(6))
+    feats, _ = cached_features(backbone, widened, ctx, late, "late", "train", backbone.meta.preprocess)
+    assert feats.dtype == torch.float32 and feats[0, 0] == 1.0 and feats[5, 0] == 1e5  # widened mid-way, rows kept
+
+
+def test_a_sweep_dry_run_does_not_count_cells_that_cannot_run(tmp_path):
+    result = cli("sweep", "-b", "mae-b16", "--tasks", "imagenet", "--protocols", "knn", "--data", "mini", "--dry-run",
+                 "--out", tmp_path / "runs")
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    assert "cannot run" in text and "0 to run" in text and "1 cannot run (see their state) and are not counted" in text
+
+
+def test_a_multi_process_cell_is_another_cell(tmp_path):
+    """A torchrun fine-tune draws per-process random streams and pairs mixup within each process: it is
+    another computation, so its identity says how many processes ran it (a one-process record does
+    not stand in for it, and the other way round)."""
+    from evalsuite.runner import resolve_cell
+
+    knn = ["--tasks", "imagenet", "--protocols", "knn", "--data", "mini", "--weights", "random"]
+    assert cli("sweep", "-b", "mae-tiny", *knn, "--out", tmp_path / "runs").exit_code == 0
+    listed = cli("sweep", "-b", "mae-tiny", *knn, "--executor", "torchrun", "--processes", "2", "--dry-run", "-f", "json",
+                 "--out", tmp_path / "runs")
+    assert [r["state"] for r in json.loads(listed.output)] == ["todo"]
+    one, two = (resolve_cell("mae-tiny", "imagenet", weights="random", data="mini", protocol="knn", processes=n)
+                for n in (1, 2))
+    assert one.key != two.key
+
+
+def test_pretrain_resume_with_other_steps_is_refused(tmp_path):
+    args = ["pretrain", "-b", "mae-tiny", "--steps", "2", "--batch-size", "4", "--image-size", "64", "--out", tmp_path / "p"]
+    assert cli(*args).exit_code == 0
+    result = cli(*[a if a != "2" else "5" for a in args], "--resume")
+    assert result.exit_code == 2
+    assert "was trained with other settings (--steps 2 → 5)" in result.output.replace("\n", ""), result.output
+
+
+def test_curation_that_selects_nothing_is_one_line(tmp_path):
+    assert cli("pretrain", "-b", "mae-tiny", "--steps", "2", "--batch-size", "4", "--image-size", "64",
+               "--out", tmp_path / "scorer").exit_code == 0
+    images = ensure_mini("pretrain-mini")
+    result = cli("curate", images, "--scorer", tmp_path / "scorer" / "checkpoint.pth", "--out", tmp_path / "s.json")
+    assert result.exit_code == 2 and "passes the filters" in result.output and "lower the thresholds" in result.output
+    assert not (tmp_path / "s.json").exists()
+    scores = {str(p.relative_to(images)): 0.0 for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES}
+    (tmp_path / "zero.json").write_text(json.dumps({"scores": scores}))
+    result = cli("pretrain", "-b", "mae-tiny", "--data", images, "--steps", "2", "--batch-size", "4", "--image-size", "64",
+                 "--scores", tmp_path / "zero.json", "--out", tmp_path / "p")
+    assert result.exit_code == 2 and "selects nothing to pretrain on" in result.output.replace("\n", ""), result.output
+
+
+def test_a_scratch_bert_is_a_function_of_the_seed_alone(monkeypatch):
+    """The quickstart's VQA cell moved 58.25 → 55.75 under another transformers release: its from-scratch
+    BERT was initialised by transformers' code from the global RNG. Ours draws from the seed."""
+    from transformers import BertModel
+
+    from evalsuite.text import build_scratch
+
+    texts = ["what colour is the cube", "how many spheres are there"]
+    first = build_scratch(texts, hidden=32, layers=1, heads=2, seed=3).bert.state_dict()
+    torch.manual_seed(123)
+    monkeypatch.setattr(BertModel, "_init_weights", lambda self, module: None)  # "another release"
+    again = build_scratch(texts, hidden=32, layers=1, heads=2, seed=3).bert.state_dict()
+    other = build_scratch(texts, hidden=32, layers=1, heads=2, seed=4).bert.state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["encoder.layer.0.attention.self.query.weight"],
+                           other["encoder.layer.0.attention.self.query.weight"])
+    assert first["embeddings.word_embeddings.weight"][0].abs().sum() == 0  # the padding row

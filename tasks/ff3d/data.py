@@ -13,7 +13,6 @@ from ``np.random.default_rng(777 + r + s)``, a randomised depth-first walk on th
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from evalsuite.data import DataNotFoundError, within
+from evalsuite.data import DataNotFoundError, read_image, read_json_file, require_fields, within
 from evalsuite.safeload import load_string_array
 
 BENCHMARK_SEED = 777  # MapAnything's configs/dataset/*_wai/test/default.yaml
@@ -60,7 +59,10 @@ def scene_meta(scene_dir: Path) -> dict:
     path = Path(scene_dir) / "scene_meta.json"
     if not path.is_file():
         raise DataNotFoundError(f"not a WAI scene: {path} missing")
-    return json.loads(path.read_text())
+    meta = require_fields(read_json_file(path), {"frames": list}, str(path))
+    for k, frame in enumerate(meta["frames"]):
+        require_fields(frame, {"transform_matrix": list}, f"{path}: frame {k}")
+    return meta
 
 
 def frame_key(meta: dict, modality: str) -> str:
@@ -73,6 +75,10 @@ def load_frame(scene_dir: Path, meta: dict, index: int, depth_modality: str = "d
     f = meta["frames"][index]
     scene_dir = Path(scene_dir)
     get = lambda key: f.get(key, meta.get(key))  # per-frame, else the scene's shared intrinsics
+    where = f"{scene_dir / 'scene_meta.json'}: frame {index}"
+    require_fields({k: get(k) for k in ("fl_x", "fl_y", "cx", "cy")}, dict.fromkeys(("fl_x", "fl_y", "cx", "cy"),
+                                                                                   (int, float)), where)
+    require_fields(f, {frame_key(meta, "image"): str}, where)
     K = np.array([[get("fl_x"), 0, get("cx")], [0, get("fl_y"), get("cy")], [0, 0, 1]], dtype=np.float64)
     cam2world = np.array(f["transform_matrix"], dtype=np.float64).reshape(4, 4)
     name = f.get("frame_name", f["image"])
@@ -86,7 +92,7 @@ def load_frame(scene_dir: Path, meta: dict, index: int, depth_modality: str = "d
     if depth_key not in f:
         raise DataNotFoundError(f"{scene_dir.name}/{name}: no {depth_modality!r} entry in scene_meta.json")
     depth = read_depth(within(scene_dir, f[depth_key], meta_file))
-    return Frame(name, np.asarray(Image.open(image_path).convert("RGB")), depth, K, cam2world)
+    return Frame(name, np.asarray(read_image(image_path)), depth, K, cam2world)
 
 
 def load_scene(scene_dir: str | Path, depth_modality: str = "depth") -> tuple[list[Frame], np.ndarray | None]:

@@ -19,7 +19,7 @@ from evalsuite import engine
 from evalsuite.cache import cached_features
 from evalsuite.contracts import Backbone, DataSource, Metric, Preprocess, RunContext, Task, TaskConfig, TaskOutput
 from evalsuite.data import folder_source, within
-from evalsuite.params import Params, param
+from evalsuite.params import ParamError, Params, param
 from evalsuite.sampling import seeded
 
 from .data import (
@@ -52,6 +52,11 @@ class FF3DTask(Task):
             return super().data_source(data, data_root, mini_size, mini_seed, config)
         return folder_source(config.params.dataset, data_root)  # [data_roots] keys: scannetppv2, eth3d, tav2_wb
 
+    def check_source(self, config, source: DataSource) -> None:
+        if source.kind == "mini" and config.params.dataset != "wai":  # never a number labelled eth3d that is not
+            raise ParamError(f"dataset={config.params.dataset} names a real MapAnything benchmark, but {source.root} is "
+                             "the generated mini world (a generic WAI folder): use dataset=wai, its default")
+
 
 FF3D = FF3DTask("ff3d", version=1, family="3d", dataset="scannetppv2", mini_dataset="ff3d-mini", tolerance=0.005,
                 quickstart=({"protocol": "probe", "views": 2},),
@@ -64,7 +69,7 @@ class ProbeParams(Params):
                          choices=tuple(DATASETS))
     views: int = param(2, "views per set (MapAnything: 2, 4, 8, 16, 24, 32, 50, 100; 1 = monocular)", min=1)
     resolution: tuple[int, int] = param((518, 336), "W×H, each rounded down to a multiple of the patch (518×336 at "
-                                        "patch 14, 512×336 at 16); square for tav2_wb", min=1)
+                                        "patch 14, 512×336 at 16); square for tav2_wb", min=1, max=2048)
     dim: int = param(256, "probe width", min=8)
     blocks: int = param(2, "frame + global attention pairs", min=1, max=2)
     heads: int = param(8, "attention heads", min=1)
@@ -78,8 +83,6 @@ class ProbeParams(Params):
 
     def check(self) -> None:
         if self.dim % self.heads or self.dim % 4:
-            from evalsuite.params import ParamError
-
             raise ParamError(f"dim={self.dim} must be a multiple of 4 and of heads={self.heads}")
 
 
@@ -288,7 +291,7 @@ def probe_protocol(backbone: Backbone, cfg: TaskConfig, ctx: RunContext) -> Task
     probe = MultiViewProbe(train_feats.shape[2], n_cls, grid, patch, p.dim, p.blocks, p.heads)
     sets = TrainSets(train, train_feats, p, ctx.seed)
     batch = min(p.batch_size, len(sets))
-    iters = max(2, p.epochs * (len(sets) // batch))
+    iters = engine.iterations(p.epochs, len(sets) // batch, len(sets), batch)
     schedule = engine.Schedule("cosine", iters, warmup_iters=int(p.warmup * iters), warmup_ratio=0.0)
     model = engine.train(probe_model(probe).to(ctx.device), sets, collate=collate, batch_size=batch, iters=iters, lr=p.lr,
                          weight_decay=p.weight_decay, schedule=schedule, work_dir=ctx.work_dir or tempfile.mkdtemp(),

@@ -146,13 +146,17 @@ def run_end_to_end(backbone: Backbone, p, trainable: str, ctx: RunContext, train
     if p.drop_path:
         set_drop_path(backbone, p.drop_path)
     model = classifier(backbone, num_classes, p, seed).to(ctx.device)
-    batch_size = min(p.batch_size, len(train_rows))
     world = distributed.world_size()
-    if (p.mixup > 0 or p.cutmix > 0) and (batch_size // world) % 2:
+    pairs = 2 if p.mixup > 0 or p.cutmix > 0 else 1  # mixup/cutmix pair samples within each process's batch
+    # a subset smaller than the batch trains on all of it, rounded down to what the processes can split
+    batch_size = p.batch_size if p.batch_size <= len(train_rows) else len(train_rows) // (pairs * world) * (pairs * world)
+    if batch_size < pairs * world:
+        raise ValueError(f"{len(train_rows)} training images cannot fill one batch over {world} process(es)")
+    if pairs == 2 and (batch_size // world) % 2:
         raise ValueError(f"mixup/cutmix pair samples within each process's batch: batch_size {batch_size} over "
                          f"{world} process(es) must give an even per-process batch")
     steps_per_epoch = max(1, len(train_rows) // batch_size)
-    iters = max(2, p.epochs * steps_per_epoch)
+    iters = engine.iterations(p.epochs, steps_per_epoch, len(train_rows), batch_size)
     lr = p.blr * batch_size / 256
     groups = param_groups(model, lr=lr, weight_decay=p.weight_decay, layer_decay=p.layer_decay, depth=depth)
     trainset = AugmentedImages(Subset(train, train_rows.tolist()), train_transform(preprocess, p), seed)
@@ -166,4 +170,5 @@ def run_end_to_end(backbone: Backbone, p, trainable: str, ctx: RunContext, train
                          hooks=[iteration_seed_hook(seed, distributed.rank())])
     acc, hits = evaluate(model, val, ctx, batch_size=ctx.batch_size)
     trainable = sum(t.numel() for t in model.parameters() if t.requires_grad)
-    return acc, {"iterations": iters, "lr": lr, "trainable_params": trainable, "epochs": math.ceil(iters / steps_per_epoch)}, hits
+    return acc, {"iterations": iters, "lr": lr, "trainable_params": trainable, "epochs": math.ceil(iters / steps_per_epoch),
+                 "batch_size": batch_size}, hits

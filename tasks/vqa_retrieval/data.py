@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from evalsuite.data import DataNotFoundError, within
+from evalsuite.data import DataNotFoundError, require_fields, within
 from evalsuite.metrics import vqa_normalise, vqa_question_accuracy
 
 IMAGE_FOLDERS = {"train2014": "train2014", "val2014": "val2014", "test-dev2015": "test2015", "test2015": "test2015"}
@@ -73,10 +73,18 @@ def load_vqa(root: str | Path, split: str = "val2014", annotated: bool = True) -
     annotations = {}
     if annotated:
         rows = read_json(annotation_file(root, split), "annotations", f"VQA v2 {split} annotations")
+        afile = annotation_file(root, split)
+        for k, a in enumerate(rows):
+            require_fields(a, {"question_id": int, "answers": list, "answer_type": str, "question_type": str},
+                           f"{afile}: annotation {k}")
+            for j, answer in enumerate(a["answers"]):
+                require_fields(answer, {"answer": str}, f"{afile}: annotation {k}, answer {j}")
         annotations = {a["question_id"]: a for a in rows}
     folder = IMAGE_FOLDERS[split]
     out = []
-    for q in questions:
+    qfile = question_file(root, split)
+    for k, q in enumerate(questions):
+        require_fields(q, {"question_id": int, "image_id": int, "question": str}, f"{qfile}: question {k}")
         image = root / folder / f"COCO_{folder}_{q['image_id']:012d}.jpg"
         if not image.is_file():
             raise DataNotFoundError(f"VQA v2 {split}: question {q['question_id']} asks about image {q['image_id']}, "
@@ -149,9 +157,12 @@ def load_karpathy(json_path: str | Path, image_root: str | Path, split: str = "t
     images = read_json(json_path, "images", "Karpathy split file")
     wanted = {"train": {"train", "restval"}}.get(split, {split})
     items = []
-    for img in images:
+    for k, img in enumerate(images):
+        require_fields(img, {"filename": str, "split": str}, f"{json_path}: image {k}")
         if img.get("split") not in wanted:
             continue
+        for j, sentence in enumerate(img.get("sentences", ())):
+            require_fields(sentence, {"raw": str}, f"{json_path}: image {k}, sentence {j}")
         path = within(image_root, Path(img.get("filepath", "")) / img["filename"], json_path)
         if not path.is_file():
             raise DataNotFoundError(f"{json_path.name}: image {img['filename']} of split {split!r} not found at {path}")

@@ -103,7 +103,8 @@ class VQAAdapter(AdapterParams):
                                          "BUTD/ViLT); min-count-3: min(1, count/3)", choices=("official", "min-count-3"))
     head_dropout: float = param(0.5, "dropout inside the answer MLP (SOHO)", min=0, max=1, max_exclusive=True)
     epochs: int = param(18, "epochs over the train questions (Pixel-BERT)", min=1)
-    lr_steps: tuple[int, ...] = param((12, 16), "epochs after which the lr drops ×0.1 (Pixel-BERT)", min=1)
+    lr_steps: tuple[int, ...] = param((12, 16), "epochs after which the lr drops ×0.1 (Pixel-BERT)", min=1,
+                                     increasing=True)
     test_dev: bool = param(False, "also answer test-dev2015 and write the official result file beside the record")
 
 
@@ -294,7 +295,7 @@ def mmengine_model(adapter: Adapter, loss):
 
 def train(adapter: Adapter, dataset: Dataset, loss, p, ctx: RunContext, schedule_for) -> Adapter:
     batch = min(p.batch_size, len(dataset))
-    iters = max(2, p.epochs * (len(dataset) // batch))
+    iters = engine.iterations(p.epochs, len(dataset) // batch, len(dataset), batch)
     groups = [{"params": [q for n, q in adapter.named_parameters() if not n.startswith("backbone.")], "lr": p.lr}]
     if adapter.backbone is not None:
         groups.append({"params": list(adapter.backbone.parameters()), "lr": p.backbone_lr})
