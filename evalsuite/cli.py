@@ -239,12 +239,30 @@ def _print_frame(frame, title: str, styles: dict | None = None) -> None:
 
 
 def _print_table(table: Table) -> None:
+    needed = console.measure(table, options=console.options.update_width(100_000)).maximum  # unclamped
     if console.is_terminal:
+        if needed > console.width:  # too narrow to show it unwrapped: stack the rows, never cut a number or name
+            return _print_stacked(table)
         console.print(table)
-    else:  # pipes and CI: as wide as the table needs (measured unclamped), so no name is folded or cut
-        needed = console.measure(table, options=console.options.update_width(100_000)).maximum
+    else:  # pipes and CI: as wide as the table needs, so no name is folded or cut
         # Console.print clamps `width` to the console's own, so print through a console that wide
         Console(file=console.file, width=max(console.width, needed), no_color=True).print(table, crop=False)
+
+
+def _print_stacked(table: Table) -> None:
+    """A table too wide for the terminal as one block per row (``column: value`` lines): rich would
+    otherwise break words and cut numbers ("0.08…") to fit 80 columns."""
+    from rich.text import Text
+
+    if table.title:
+        console.print(table.title, style="bold", highlight=False)
+    columns = [(str(c.header), list(c.cells)) for c in table.columns]
+    for row in range(table.row_count):
+        console.print(Text("─" * min(console.width, 40), style="dim"))
+        for header, cells in columns:
+            value = cells[row]
+            console.print(Text.assemble((f"{header}: ", "bold"), Text.from_markup(value) if isinstance(value, str) else value),
+                          highlight=False)  # wrapped between words at the terminal's width
 
 
 def _machine_output(frame, fmt: str) -> bool:
@@ -439,6 +457,8 @@ def check(
         style = {"ok": "green", "improved": "bold green", "regressed": "bold red", "missing": "bold yellow"}
         _print_frame(result.table, f"check against {baseline}", {"status": lambda v: f"[{style[v]}]{v}[/]"})
     if not result.ok:
+        for line in result.moved_environments():
+            err.print(line, highlight=False, soft_wrap=True)
         err.print(f"[bold red]FAILED[/]: {len(result.regressions)} regressed, {len(result.missing)} missing")
         raise typer.Exit(1)
     console.print("[green]OK[/]: no primary metric moved beyond tolerance")

@@ -35,7 +35,42 @@ def environment(device: torch.device, amp_dtype: torch.dtype | None) -> dict:
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+    env["packages"] = package_versions()
     return env
+
+
+# the libraries whose code computes a number (kernels, initialisations, image decoders, simulators)
+SCORE_PACKAGES = ("numpy", "torchvision", "timm", "transformers", "tokenizers", "mmengine", "scikit-learn", "scipy",
+                  "pillow", "opencv-python", "mujoco", "metaworld", "gymnasium")
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of `SCORE_PACKAGES` (absent ones left out), read from package metadata
+    without importing them: what `evalsuite check` compares when a number moved."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in SCORE_PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def flat_environment(env: dict | None) -> str:
+    """A record's environment as one sorted ``key=value; …`` string (the tidy CSV's column)."""
+    if not env:
+        return ""
+    items = {k: v for k, v in env.items() if k != "packages"} | dict((env.get("packages") or {}).items())
+    return "; ".join(f"{k}={items[k]}" for k in sorted(items))
+
+
+def environment_differences(before: str, after: str) -> list[str]:
+    """``key: before → after`` for every entry that differs between two `flat_environment` strings."""
+    parse = lambda text: dict(part.split("=", 1) for part in str(text or "").split("; ") if "=" in part)
+    a, b = parse(before), parse(after)
+    return [f"{k}: {a.get(k, '—')} → {b.get(k, '—')}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 def seed_everything(seed: int) -> None:

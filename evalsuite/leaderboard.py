@@ -9,19 +9,20 @@ averaged together as if they were probe seeds.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from .environment import environment_differences, flat_environment
 from .metrics import miou_of_resamples, segmentation_areas
 from .records import RunRecord, iter_records
 
 TIDY_COLUMNS = [
     "data", "world", "task", "task_version", "backbone", "weights", "seed", "metric", "split", "value", "std",
-    "higher_is_better", "primary", "shown", "tolerance", "run_id", "finished_at", "official",
+    "higher_is_better", "primary", "shown", "tolerance", "run_id", "finished_at", "official", "environment",
 ]
 CELL = ["data", "world", "task", "backbone", "metric"]  # backbone = its label: name, or name@checkpoint
 MINI_FOLDER = re.compile(r"-seed(\d+)-(small|medium|large)$")
@@ -53,7 +54,10 @@ def load_tidy(source: str | Path) -> pd.DataFrame:
         missing = sorted(set(CELL + ["value", "higher_is_better", "primary"]) - set(frame.columns))
         if missing:
             raise ValueError(f"{source} is not an evalsuite results CSV: missing columns {missing}")
-        return frame.assign(world=frame["world"].fillna(""))  # real data has no world; CSV reads '' as NaN
+        if "environment" not in frame:  # written before environments were kept
+            frame["environment"] = ""
+        # real data has no world, and an old CSV no environment; CSV reads '' as NaN
+        return frame.assign(world=frame["world"].fillna(""), environment=frame["environment"].fillna(""))
     if not source.is_dir():
         raise FileNotFoundError(f"no results at {source}")
     rows, skipped = [], []
@@ -71,6 +75,7 @@ def load_tidy(source: str | Path) -> pd.DataFrame:
                 "shown": m["primary"] or m["name"] in rec.task.get("leaderboard_metrics", ()),
                 "tolerance": rec.task["tolerance"], "run_id": rec.run_id, "finished_at": rec.finished_at,
                 "official": bool(rec.backbone.get("official", False)),
+                "environment": flat_environment(rec.environment),
             })
     frame = pd.DataFrame(rows, columns=TIDY_COLUMNS)
     frame.attrs["skipped"] = skipped  # files that are not readable records: the CLI names each one
@@ -116,6 +121,8 @@ def cells(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame(columns=CELL + ["value", "std", "n", "higher_is_better", "primary", "tolerance"])
     extra = {c: (c, "first") for c in ("tolerance", "shown") if c in frame}
+    if "environment" in frame:  # the newest record's (rows are in time order after `latest`)
+        extra["environment"] = ("environment", "last")
     if "std" in frame:
         extra["record_std"] = ("std", "first")
     grouped = frame.groupby(CELL, as_index=False).agg(
@@ -411,6 +418,17 @@ class CheckResult:
     table: pd.DataFrame
     regressions: pd.DataFrame
     missing: pd.DataFrame
+    # per moved row (regressed or improved): what differs between the baseline's environment and now
+    environment_differences: dict = field(default_factory=dict)
+
+    def moved_environments(self) -> list[str]:
+        """One line per regressed cell: its environment differences (package versions, device,
+        threads), the first suspects when a number moved without a code change."""
+        out = []
+        for i, r in self.regressions.iterrows():
+            out.append(f"{r['backbone']} × {r['task']} ({r['metric']}): environment differences: "
+                       + "; ".join(self.environment_differences.get(i, ["unknown"])))
+        return out
 
     @property
     def ok(self) -> bool:
@@ -436,6 +454,9 @@ class CheckResult:
                 lines.append(f"| {data} | {_md_cell(r['task'])} | {_md_cell(r['backbone'])} | {r['metric']} | "
                              f"{r['value_base']:.4g} | {now} | {delta} | {r['tolerance']:.4g} |")
             lines.append("")
+        if not self.regressions.empty:
+            lines += ["### Environment differences of the regressed cells (baseline → now)", ""]
+            lines += [f"- {_md_cell(line)}" for line in self.moved_environments()] + [""]
         return "\n".join(lines)
 
 
@@ -451,7 +472,10 @@ def check(baseline: pd.DataFrame, current: pd.DataFrame, tolerance: float | None
     if base.empty:
         raise ValueError("the baseline has no cells: nothing would be checked")
     cur = cells(latest(current))
-    merged = base.merge(cur[CELL + ["value"]], on=CELL, how="left", suffixes=("_base", ""))
+    cur_env = cur["environment"] if "environment" in cur else pd.Series("", index=cur.index)
+    base_env = base["environment"] if "environment" in base else pd.Series("", index=base.index)
+    merged = base.assign(environment=base_env).merge(cur[CELL + ["value"]].assign(environment=cur_env), on=CELL,
+                                                     how="left", suffixes=("_base", ""))
     tol = merged["tolerance"] if tolerance is None and "tolerance" in merged else pd.Series(tolerance or 0.0, index=merged.index)
     sign = merged["higher_is_better"].astype(bool).map({True: 1.0, False: -1.0})
     merged["delta"] = merged["value"] - merged["value_base"]
@@ -462,4 +486,10 @@ def check(baseline: pd.DataFrame, current: pd.DataFrame, tolerance: float | None
     merged.loc[gain < -merged["tolerance"], "status"] = "regressed"
     merged.loc[merged["value"].isna(), "status"] = "missing"
     table = merged[CELL + ["value_base", "value", "delta", "tolerance", "higher_is_better", "status"]]
-    return CheckResult(table, table[table["status"] == "regressed"], table[table["status"] == "missing"])
+    differences = {}
+    for i, row in merged[merged["status"].isin(["regressed", "improved"])].iterrows():
+        if not row["environment_base"]:
+            differences[i] = ["the baseline does not record its environment (regenerate it with this evalsuite)"]
+        else:
+            differences[i] = environment_differences(row["environment_base"], row["environment"]) or ["none"]
+    return CheckResult(table, table[table["status"] == "regressed"], table[table["status"] == "missing"], differences)

@@ -357,3 +357,48 @@ def test_a_scratch_bert_is_a_function_of_the_seed_alone(monkeypatch):
     assert not torch.equal(first["encoder.layer.0.attention.self.query.weight"],
                            other["encoder.layer.0.attention.self.query.weight"])
     assert first["embeddings.word_embeddings.weight"][0].abs().sum() == 0  # the padding row
+
+
+def test_check_names_the_environment_differences_of_a_regression(tmp_path):
+    from conftest import ok_record
+    from evalsuite.records import write_record
+
+    env = lambda transformers: {"python": "3.11.7", "torch": "2.14.1", "device": "cpu", "dtype": "float32", "threads": 2,
+                                "packages": {"transformers": transformers, "numpy": "2.3.0"}}
+    for folder, value, version in (("base", 58.25, "5.0.0"), ("now", 55.75, "5.23.0")):
+        rec = ok_record("r1", "vqa/adapter/scratch/paired", "pixio-tiny", "accuracy", value, environment=env(version))
+        write_record(rec, tmp_path / folder / "r1.json")
+    result = cli("check", tmp_path / "now", "--baseline", tmp_path / "base")
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    assert "pixio-tiny × vqa/adapter/scratch/paired (accuracy): environment differences: transformers: 5.0.0 → 5.23.0" in text
+    assert cli("leaderboard", tmp_path / "base", "--tidy-csv", tmp_path / "base.csv").exit_code == 0
+    from_csv = cli("check", tmp_path / "now", "--baseline", tmp_path / "base.csv", "--format", "md")
+    assert from_csv.exit_code == 1 and "transformers: 5.0.0 → 5.23.0" in from_csv.output
+
+
+def test_a_narrow_terminal_stacks_tables_and_never_cuts_a_number_or_a_name(tmp_path, monkeypatch):
+    import io
+    import re
+
+    from rich.console import Console
+
+    from conftest import ok_record
+    from evalsuite import cli as cli_module
+    from evalsuite.records import write_record
+
+    for folder, value in (("a", 0.0812345), ("b", 0.0934567)):
+        rec = ok_record("r1", "ff3d/probe/scannetppv2/16", "timm:vit_large_patch14_reg4_dinov2@checkpoint-0001600",
+                        "pointmaps_abs_rel", value, higher_is_better=False)
+        write_record(rec, tmp_path / folder / "r1.json")
+    screen = io.StringIO()
+    monkeypatch.setattr(cli_module, "console", Console(file=screen, width=80, force_terminal=True, color_system=None))
+    for command in (["compare", tmp_path / "a", tmp_path / "b"], ["leaderboard", tmp_path / "b"]):
+        screen.seek(0)
+        screen.truncate()
+        result = cli(*command)
+        assert result.exit_code == 0, result.output
+        text = screen.getvalue()
+        assert "…" not in text and "timm:vit_large_patch14_reg4_dinov2@checkpoint-0001600" in text, text
+        assert max(len(line) for line in text.splitlines()) <= 80
+        assert re.search(r"0\.09346|0\.0935", text), text
