@@ -30,10 +30,15 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _progress():
+    """A progress bar on a terminal, one line per step off one (logs); the current one while entered."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err, transient=True)
+    from .features import LineProgress, reporting
+
+    if not err.is_terminal:
+        return reporting(LineProgress(err))
+    return reporting(Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                              console=err, transient=True))
 
 
 def _user_errors():

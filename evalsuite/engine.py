@@ -140,6 +140,31 @@ def one_cycle_momentum(iters: int, low: float = 0.85, high: float = 0.95, pct_st
     return beta1
 
 
+def progress_hook(description: str, iters: int):
+    """Reports each iteration (and its loss) on the current progress: a bar on a terminal, a line per
+    stage in logs (`evalsuite.features`)."""
+    from mmengine.hooks import Hook
+
+    from .features import stage
+
+    class ProgressHook(Hook):
+        priority = "LOWEST"
+
+        def before_train(self, runner) -> None:
+            self._stage = stage(description, iters)
+            self._advance = self._stage.__enter__()
+            self._advance(runner.iter)  # a resumed run starts where it was
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+            loss = (outputs or {}).get("loss")
+            self._advance(1, f"{description} loss {float(loss):.4f}" if loss is not None else None)
+
+        def after_train(self, runner) -> None:
+            self._stage.__exit__(None, None, None)
+
+    return ProgressHook()
+
+
 def schedule_hook(schedule: Schedule, beta1=None):
     """An mmengine hook that sets every group's lr (its ``base_lr`` × the schedule) and, optionally,
     AdamW's β1 before each iteration, from the iteration number alone: a resumed run follows the
@@ -162,7 +187,7 @@ def schedule_hook(schedule: Schedule, beta1=None):
 def train(model, dataset: Dataset, *, collate: Callable, batch_size: int, iters: int, lr: float, weight_decay: float,
           schedule: Schedule, work_dir: Path, seed: int, resume: bool = False, checkpoint_interval: int = 0,
           amp_dtype: torch.dtype | None = None, grad_clip: float | None = None, betas: tuple[float, float] = (0.9, 0.999),
-          beta1_schedule=None, param_groups: list[dict] | None = None, hooks: Sequence = ()):
+          beta1_schedule=None, param_groups: list[dict] | None = None, hooks: Sequence = (), description: str = "training"):
     """AdamW with the lr of every iteration from ``schedule`` (and AdamW's β1 from ``beta1_schedule``),
     gradient norms clipped to ``grad_clip`` when given, iteration-based, on a deterministic
     global-batch order.
@@ -201,7 +226,8 @@ def train(model, dataset: Dataset, *, collate: Callable, batch_size: int, iters:
                            logger=dict(type="LoggerHook", interval=max(1, iters // 10)),
                            param_scheduler=None,  # the schedule hook sets every iteration's lr
                            sampler_seed=None),  # GlobalBatchSampler derives its order from the seed itself
-        custom_hooks=[schedule_hook(schedule, beta1_schedule), plain_checkpoint_hook(), *hooks], randomness=dict(seed=seed),
+        custom_hooks=[schedule_hook(schedule, beta1_schedule), plain_checkpoint_hook(), progress_hook(description, iters), *hooks],
+        randomness=dict(seed=seed),
         resume=resume and (Path(work_dir) / "last_checkpoint").is_file(), launcher="pytorch" if world > 1 else "none",
         log_level="ERROR", visualizer=dict(type="Visualizer", vis_backends=[]),
     )

@@ -3,6 +3,7 @@ read, every bad input gets one line. Each case goes through the CLI, as the prob
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -402,3 +403,52 @@ def test_a_narrow_terminal_stacks_tables_and_never_cuts_a_number_or_a_name(tmp_p
         assert "…" not in text and "timm:vit_large_patch14_reg4_dinov2@checkpoint-0001600" in text, text
         assert max(len(line) for line in text.splitlines()) <= 80
         assert re.search(r"0\.09346|0\.0935", text), text
+
+
+def test_sigterm_leaves_no_record_sigkill_an_unfinished_one_and_both_resume(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from evalsuite.runner import resolve_cell, work_dir_of
+
+    out = tmp_path / "runs"
+    params = {"head": "linear", "epochs": "4", "checkpoint_interval": "1", "window": "256", "stride": "256"}
+    args = ["run", "-b", "pixio-tiny", "-t", "ade20k", "--data", "mini", "--weights", "random", "--out", str(out)]
+    args += [a for k, v in params.items() for a in ("-p", f"{k}={v}")]
+    cell = resolve_cell("pixio-tiny", "ade20k", weights="random", data="mini", params=params, out_dir=out)
+    work = work_dir_of(out, cell)
+    failed = cell.path.with_suffix(".failed.json")
+
+    def start_and(signum):
+        proc = subprocess.Popen([sys.executable, "-m", "evalsuite", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True)
+        deadline = time.time() + 240
+        while not (failed.is_file() and (work / "last_checkpoint").is_file()) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[0]
+        assert failed.is_file() and "unfinished" in RunRecord.load(failed).error  # what a kill -9 would leave
+        proc.send_signal(signum)
+        return proc.wait(timeout=120), proc.communicate()[0]
+
+    code, output = start_and(signal.SIGTERM)
+    assert code == 130 and "interrupted: no record was written" in output, output
+    assert not failed.exists() and not cell.path.exists() and (work / "last_checkpoint").is_file()
+    code, _ = start_and(signal.SIGKILL)
+    assert code == -signal.SIGKILL and "unfinished" in RunRecord.load(failed).error and not cell.path.exists()
+    board = cli("leaderboard", out)
+    assert "the only attempt failed" in " ".join(board.output.split())
+    resumed = cli(*args)
+    assert resumed.exit_code == 0, resumed.output
+    assert cell.path.is_file() and not failed.exists() and not work.exists()
+
+
+def test_off_a_terminal_every_long_step_prints_one_line_with_the_training_loss(tmp_path):
+    result = cli("run", "-b", "pixio-tiny", "-t", "ade20k", "--data", "mini", "--weights", "random", "--head", "linear",
+                 "-p", "epochs=2", "-p", "window=256", "-p", "stride=256", "--out", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any(re.fullmatch(r"training loss \d+\.\d{4}: (\d+)/\1 in [\d.]+ s", line) for line in lines), result.output
+    knn = cli(*KNN, "--data", "mini", "--out", tmp_path / "runs")
+    assert knn.exit_code == 0 and re.search(r"^train features: (\d+)/\1 in [\d.]+ s$", knn.output, re.M), knn.output

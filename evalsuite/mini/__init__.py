@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from ..data import MANIFEST, file_sha256, files_digest
+from ..features import stage
 from ..fileio import atomic_directory, sweep_partials
 from ..registry import MINI_DATASETS
 
@@ -84,7 +85,7 @@ def ensure_mini(name: str, size: Size = "small", seed: int = 0, force: bool = Fa
     if (target / MANIFEST).is_file() and not force:
         return target
     sweep_partials(cache_root())  # generations killed outright more than an hour ago
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target) as tmp, stage(f"generating {name} ({size}, seed {seed})"):
         spec.generate(tmp, size, seed)
         write_manifest(tmp, {"name": name, "version": spec.version, "seed": seed, "size": size, "mini": True})
     return target

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from evalsuite.cache import cached_features
 from evalsuite.contracts import Backbone, DataSource, Metric, RunContext, Task, TaskConfig, TaskOutput
 from evalsuite.data import folder_identity, read_manifest, verify_manifest
+from evalsuite.features import stage
 from evalsuite.fileio import atomic_directory
 from evalsuite.params import ParamError, Params, param
 from evalsuite.safeload import load_restricted_pickle
@@ -118,7 +119,11 @@ def ensure_demos(root: Path, spec: dict, p) -> tuple[Path, str]:
             if p.demo_dir:
                 demos = load_expert_pickle(Path(p.demo_dir) / f"{task}.pickle")[: p.demos]
             else:
-                demos = [record_demo(task, spec["benchmark_seed"], v, camera, p.horizon) for v in range(p.demos)]
+                demos = []
+                with stage(f"{task}: recording {p.demos} expert demonstrations", p.demos) as advance:
+                    for v in range(p.demos):
+                        demos.append(record_demo(task, spec["benchmark_seed"], v, camera, p.horizon))
+                        advance()
             np.savez_compressed(tmp / f"{task}.npz", images=np.stack([d.images for d in demos]),
                                 proprio=np.stack([d.proprio for d in demos]), states=np.stack([d.states for d in demos]),
                                 actions=np.stack([d.actions for d in demos]), success=np.array([d.success for d in demos]))
@@ -242,7 +247,8 @@ def run_task(backbone: Backbone, p, ctx: RunContext, task: str, transform) -> di
                 return policy(x).numpy()
 
         try:
-            return rollout(envs, act, p.horizon)
+            with stage(f"{task}: {len(envs)} rollouts of {p.horizon} steps"):
+                return rollout(envs, act, p.horizon)
         finally:
             for env in envs:
                 env.close()
