@@ -96,11 +96,12 @@ def test_a_failed_forced_rerun_never_destroys_the_good_record(tmp_path, monkeypa
     assert "a newer attempt failed" in board.output and "disk full" in board.output
 
 
-# 2. Non-finite features fail the run; nothing is cached
-def test_nan_weights_fail_at_feature_extraction_and_cache_nothing(tmp_path):
-    state = {k: torch.full_like(v, float("nan")) for k, v in create_backbone("mae-tiny", "random").state_dict().items()}
-    save_file(state, tmp_path / "nan.safetensors")
-    args = [a if a != "random" else tmp_path / "nan.safetensors" for a in KNN]
+# 2. Non-finite features fail the run; nothing is cached (NaN weights are refused at load, #27: finite
+# weights that overflow reach the extraction check instead)
+def test_overflowing_weights_fail_at_feature_extraction_and_cache_nothing(tmp_path):
+    state = {k: torch.full_like(v, 3e38) for k, v in create_backbone("mae-tiny", "random").state_dict().items()}
+    save_file(state, tmp_path / "huge.safetensors")
+    args = [a if a != "random" else tmp_path / "huge.safetensors" for a in KNN]
     result = cli(*args, "--data", "mini", "--out", tmp_path / "runs")
     assert result.exit_code == 1 and "non-finite" in result.output
     assert cache.entries() == [] and records(tmp_path / "runs") == []
