@@ -157,7 +157,9 @@ def progress_hook(description: str, iters: int):
 
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
             loss = (outputs or {}).get("loss")
-            self._advance(1, f"{description} loss {float(loss):.4f}" if loss is not None else None)
+            if isinstance(loss, torch.Tensor):
+                loss = loss.detach().item()
+            self._advance(1, f"{description} loss {loss:.4f}" if loss is not None else None)
 
         def after_train(self, runner) -> None:
             self._stage.__exit__(None, None, None)

@@ -134,7 +134,7 @@ def test_expert_pickles_load_numpy_only(tmp_path):
             return (print, ("pwned",))
 
     path.write_bytes(pickle.dumps([{"images": Evil()}]))
-    with pytest.raises(pickle.UnpicklingError, match="refused builtins.print"):
+    with pytest.raises(pickle.UnpicklingError, match="refused to unpickle builtins.print"):
         load_expert_pickle(path)
 
 
