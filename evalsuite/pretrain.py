@@ -234,6 +234,8 @@ def pretrain(cfg: PretrainConfig, progress: Any = None) -> Path:
         done = step + 1
         if cfg.save_every and done % cfg.save_every == 0 and done < total:
             _save(ckpt_path, objective, optimizer, done, cfg, rank, log)
+    if task is not None:
+        progress.remove_task(task)  # its line (the final loss) ends the stage off a terminal
     _save(ckpt_path, objective, optimizer, total, cfg, rank, log)
     distributed.barrier()
     return ckpt_path
