@@ -452,3 +452,13 @@ def test_off_a_terminal_every_long_step_prints_one_line_with_the_training_loss(t
     assert any(re.fullmatch(r"training loss \d+\.\d{4}: (\d+)/\1 in [\d.]+ s", line) for line in lines), result.output
     knn = cli(*KNN, "--data", "mini", "--out", tmp_path / "runs")
     assert knn.exit_code == 0 and re.search(r"^train features: (\d+)/\1 in [\d.]+ s$", knn.output, re.M), knn.output
+
+
+def test_a_setup_in_which_the_expert_never_succeeds_is_refused(tmp_path):
+    """The probe's 0 % expert: with too few steps (here 5) the scripted expert solves nothing, and
+    cloning it would score the setup. Refused, naming the task and what to change."""
+    pytest.importorskip("metaworld", reason="the robot extra (installed by the README's test command)")
+    result = cli("run", "-b", "pixio-tiny", "-t", "metaworld", "--data", "mini", "--weights", "random", "-p", "horizon=5",
+                 "-p", "demos=2", "-p", "eval_episodes=1", "-p", "epochs=1", "--out", tmp_path / "runs")
+    assert result.exit_code != 0
+    assert "succeeded in none of its 2 demonstrations of 5 steps" in " ".join(result.output.split()), result.output

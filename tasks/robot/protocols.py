@@ -218,6 +218,11 @@ def train_and_evaluate(inputs: torch.Tensor, actions: torch.Tensor, p, seed: int
 def run_task(backbone: Backbone, p, ctx: RunContext, task: str, transform) -> dict:
     npz = dict(np.load(ctx.data_root / f"{task}.npz"))
     n, T = npz["actions"].shape[:2]
+    if not npz["success"].any():  # cloning demonstrations that all fail measures nothing but the setup
+        source = f"the expert pickles of {p.demo_dir}" if p.demo_dir else "the scripted expert"
+        raise ValueError(f"{task}: {source} succeeded in none of its {n} demonstrations of {T} steps (camera {p.camera}); "
+                         "behaviour cloning from them would score the setup, not the backbone: give the expert "
+                         "more steps (-p horizon, MetaWorld's own limit is 500) or check the task and demo source")
     actions = torch.from_numpy(npz["actions"].reshape(n * T, 4))
     camera = Camera(p.camera, p.image_size)
     if p.observation == "state":
