@@ -208,3 +208,15 @@ def test_two_process_torchrun_finetune_matches_one_process(tmp_path):
     metrics = {n: {m["name"]: m["value"] for m in r["metrics"]} for n, r in records.items()}
     assert metrics[1] == pytest.approx(metrics[2], abs=1e-6)
     assert records[1]["selected"]["iterations"] == records[2]["selected"]["iterations"] == 90 // 16
+
+
+def test_a_small_label_fraction_under_torchrun_runs_on_a_batch_the_processes_can_split(tmp_path):
+    """--label-fraction 0.1 gives fewer images than the batch: the whole subset, rounded down to what two
+    processes and mixup's pairs can split (it failed on an odd per-process batch of 15 before), and the
+    record says which batch ran."""
+    args = ["run", "-b", "mae-tiny", "-t", "imagenet", "--data", "mini", "--weights", "random", "--protocol", "finetune",
+            "--label-fraction", "0.1", "-p", "epochs=2"]
+    record = run_cli_record(args, tmp_path / "two", 2, 29553)
+    assert record["status"] == "ok" and record["settings"]["world_size"] == 2
+    batch = record["selected"]["batch_size"]
+    assert batch % 4 == 0 and record["selected"]["iterations"] >= 2
