@@ -166,7 +166,7 @@ def files_digest(files: dict[str, str]) -> str:
 # ---------------------------------------------------------------------------------------
 def read_manifest(root: Path) -> dict | None:
     path = Path(root) / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json_file(path) if path.is_file() else None
 
 
 def verify_manifest(root: Path, manifest: dict) -> str:

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import __version__, distributed
 from .checkpoints import BackboneSpec, create_backbone
-from .data import DataNotFoundError, within
+from .data import DataNotFoundError, read_image, within
 from .fileio import atomic_save, atomic_write_text
 from .finetune import param_groups, set_drop_path
 from .params import keyword_overrides
@@ -121,7 +121,7 @@ class PretrainImages(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         index, epoch = key
-        views = self.augment(Image.open(self.files[index]).convert("RGB"), seeded(self.seed, epoch, index))
+        views = self.augment(read_image(self.files[index]), seeded(self.seed, epoch, index))
         return (views, self.captions[index]) if self.captions is not None else views
 
 

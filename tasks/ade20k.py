@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import Dataset
 
 from evalsuite.contracts import Task
-from evalsuite.data import DataNotFoundError
+from evalsuite.data import DataNotFoundError, read_image
 from evalsuite.metrics import SegmentationMeter
 from evalsuite.params import param
 from evalsuite.registry import HEADS, TASKS
@@ -53,8 +52,8 @@ class ADE20K(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        rgb = np.asarray(Image.open(self.images[i]).convert("RGB"))
-        label = np.asarray(Image.open(self.labels[i]))
+        rgb = np.asarray(read_image(self.images[i]))
+        label = np.asarray(read_image(self.labels[i], mode=None))
         label = reduce_zero_label(label) if self.reduce_zero else label
         if self.num_classes is not None:
             labelled = label[label != IGNORE_INDEX]

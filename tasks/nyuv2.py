@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from evalsuite.contracts import Task
-from evalsuite.data import DataNotFoundError, within
+from evalsuite.data import DataNotFoundError, read_image, within
 from evalsuite.metrics import DEPTH_CONVENTIONS, DEPTH_KEYS, depth_metrics
 from evalsuite.params import ParamError, param
 from evalsuite.registry import HEADS, TASKS
@@ -80,8 +79,8 @@ class NYUv2Sync(Dataset):
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         rgb, depth, _ = self.samples[i]
-        image = np.asarray(Image.open(self.base / rgb).convert("RGB"))
-        millimetres = np.asarray(Image.open(self.base / depth), dtype=np.float32)
+        image = np.asarray(read_image(self.base / rgb))
+        millimetres = np.asarray(read_image(self.base / depth, mode=None), dtype=np.float32)
         return image, millimetres / 1000.0
 
 

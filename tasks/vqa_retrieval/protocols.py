@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from evalsuite import engine
 from evalsuite.cache import cached_features
 from evalsuite.checkpoints import paired_text
 from evalsuite.contracts import Backbone, DataSource, Metric, Preprocess, RunContext, Task, TaskConfig, TaskOutput
-from evalsuite.data import folder_source
+from evalsuite.data import folder_source, read_image
 from evalsuite.metrics import VQA_ANSWER_TYPES, retrieval_recall, vqa_accuracy
 from evalsuite.params import ParamError, Params, param
 from evalsuite.registry import TEXT_ENCODERS
@@ -158,7 +157,7 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        return self.transform(Image.open(self.paths[i]).convert("RGB")), i
+        return self.transform(read_image(self.paths[i])), i
 
 
 def image_order(n: int, shuffled: bool, seed: int) -> torch.Tensor:
