@@ -90,15 +90,15 @@ def sklearn_ratio(n: int = 20000, dim: int = 192, classes: int = 100) -> None:
 
 
 def mini_cache_ratio() -> float:
-    from evalsuite.runner import run_cell
+    from evalsuite.runner import evaluate
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["EVALSUITE_FEATURE_CACHE"] = tmp
         times = []
         for _ in range(2):
             start = time.perf_counter()
-            run_cell("mae-tiny", "imagenet", weights="random", data="mini", params={"protocol": "linear"},
-                     out_dir=f"{tmp}/runs", force=True)
+            evaluate("mae-tiny", "imagenet", weights="random", data="mini", params={"protocol": "linear"},
+                     out=f"{tmp}/runs", force=True)
             times.append(time.perf_counter() - start)
     print(f"4. mini world, mae-tiny imagenet/linear: cold {times[0]:.1f}s, warm {times[1]:.1f}s: "
           f"{100 * times[1] / times[0]:.0f} % (goal ≤ 10 %; a 128-px tiny ViT makes extraction cheap here)")

@@ -190,7 +190,8 @@ def as_record(backbone_name: str, results: list[BenchResult], settings: dict):
     device = torch.device(settings["device"])
     return RunRecord(run_id=run_id, cell_key=run_id, status="ok", started_at=now.isoformat(), finished_at=now.isoformat(),
                      evalsuite_version=__version__, git_sha=sha, git_dirty=dirty,
-                     task={"name": "bench", "label": label, "version": 1, "tolerance": 0.0, "params": settings},
+                     task={"name": "bench", "label": label, "version": 1, "tolerance": 0.0, "params": settings,
+                           "identity": dict(settings), "variant": {}},
                      data={"source": "bench", "world": "", "dataset": "synthetic", "identity": "synthetic-images"},
                      backbone={"name": backbone_name, "label": backbone_name, "weights": "random"}, seed=0,
                      metrics=metrics, selected={"paths": [asdict(r) for r in results]},

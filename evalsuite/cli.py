@@ -50,15 +50,12 @@ def _user_errors():
     return (UnknownNameError, DataNotFoundError, CheckpointError, ValueError, FileNotFoundError)
 
 
-def _run_one(backbone, task, *, weights, data, data_root, mini_size, mini_seed, seed, params, out, force, batch_size,
-             device):
+def _run_one(spec, settings):
     from .runner import RunFailed, run_cell
 
     try:
         with _progress() as progress, _warnings_to_stderr(), _interruptible():
-            return run_cell(backbone, task, weights=weights, data=data, data_root=data_root, mini_size=mini_size,
-                            mini_seed=mini_seed, seed=seed, params=params, out_dir=out, force=force, batch_size=batch_size,
-                            device=device, progress=progress)
+            return run_cell(spec, settings, progress=progress)
     except KeyboardInterrupt:
         _fail("interrupted: no record was written; run the same command again to resume from the cell's work dir", code=130)
     except RunFailed as exc:
@@ -120,9 +117,10 @@ def _print_record(result) -> None:
 
 @app.command()
 def run(
-    backbone: str = typer.Option(..., "--backbone", "-b", help="Registered backbone name."),
-    task: str = typer.Option(..., "--task", "-t", help="Registered task name."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Registered backbone name."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="Registered task name."),
     weights: Optional[str] = typer.Option(None, help="PATH, hf-hub:REPO or 'random' (default: the official file)."),
+    weights_label: Optional[str] = typer.Option(None, help="Name of the checkpoint in leaderboards (default: its sha256)."),
     data: str = typer.Option("real", help="'real' or 'mini' (generated offline data)."),
     data_root: Optional[Path] = typer.Option(None, help="The dataset folder (else config file / $EVALSUITE_DATA_ROOT)."),
     mini_size: str = typer.Option("small", help="Mini-world size: small|medium|large."),
@@ -134,29 +132,44 @@ def run(
     seeds: Optional[int] = typer.Option(None, help="Repeat training with seeds SEED … SEED+N−1; records mean ± std."),
     param: List[str] = typer.Option([], "--param", "-p", help="Protocol parameter KEY=VALUE (repeatable)."),
     seed: int = typer.Option(0),
+    cell: Optional[Path] = typer.Option(None, help="Run the cell of this JSON file (what sweep executors ship); "
+                                                   "excludes the cell options above."),
     out: Path = typer.Option(Path("results/runs"), help="Folder of result records."),
     force: bool = typer.Option(False, help="Re-run a cell that already has a finished record."),
     batch_size: int = typer.Option(64, help="Feature-extraction batch size."),
+    num_workers: int = typer.Option(0, help="Data-loading workers."),
+    checkpoint_interval: int = typer.Option(0, help="Training iterations between work-dir checkpoints (0: at the end)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 … (default: cuda if available)."),
 ):
     """Evaluate one backbone on one task and write a result record."""
-    from .params import ParamError, parse_assignments
+    from . import distributed
+    from .cell import CellSpec, RunSettings, read_cell_file
+    from .params import parse_assignments
 
     try:
-        params: dict = parse_assignments(param)
-    except ParamError as exc:
+        settings = RunSettings(out=out, force=force, device=device, batch_size=batch_size, num_workers=num_workers,
+                               checkpoint_interval=checkpoint_interval)
+        if cell is not None:
+            given = [flag for flag, value in (("--backbone", backbone), ("--task", task), ("--weights", weights),
+                                              ("--protocol", protocol), ("--head", head), ("-p", param or None))
+                     if value is not None]
+            if given:
+                _fail(f"--cell names the whole cell: it excludes {', '.join(given)}")
+            spec, shipped = read_cell_file(cell)
+            settings = shipped or settings
+        else:
+            if backbone is None or task is None:
+                _fail("give --backbone and --task (or --cell FILE)")
+            params: dict = parse_assignments(param)
+            for key, value in (("head", head), ("blocks", blocks), ("label_fraction", label_fraction), ("seeds", seeds)):
+                if value is not None:
+                    params[key] = value
+            spec = CellSpec.build(backbone, task, protocol=protocol, params=params, weights=weights,
+                                  weights_label=weights_label, data=data, data_root=data_root, mini_size=mini_size,
+                                  mini_seed=mini_seed, seed=seed, processes=distributed.world_size())
+    except _user_errors() as exc:
         _fail(str(exc))
-    for key, value in (("protocol", protocol), ("head", head), ("blocks", blocks), ("label_fraction", label_fraction),
-                       ("seeds", seeds)):
-        if value is not None:
-            params[key] = value
-    if data == "mini" and data_root is not None:
-        _fail("--data mini and --data-root exclude each other")
-    if data != "mini" and (mini_size != "small" or mini_seed != 0):
-        _fail("--mini-size and --mini-seed pick a mini world: they need --data mini")
-    result = _run_one(backbone, task, weights=weights, data=data, data_root=data_root, mini_size=mini_size,
-                      mini_seed=mini_seed, seed=seed, params=params, out=out, force=force, batch_size=batch_size, device=device)
-    _print_record(result)
+    _print_record(_run_one(spec, settings))
 
 
 @app.command()
@@ -586,7 +599,7 @@ def show(
         for row in params.describe():
             value = getattr(params, row["name"])
             changed = value != row["default"]
-            table.add_row(owner, row["name"] + (" (operational)" if row["operational"] else ""),
+            table.add_row(owner, row["name"],
                           f"[bold]{value}[/]" if changed else str(value), str(row["default"]), row["range"], row["help"])
     _print_table(table)
     for key, value in reads.items():
@@ -722,18 +735,22 @@ def sweep(
 ):
     """Backbones × tasks × protocols × seeds × weights, one cell at a time: finished cells are skipped,
     failed and killed ones run again, a failing cell never stops the sweep (exit 1 at the end)."""
-    from .sweep import RunOptions, dry_run_rows, plan, run_sweep
+    from .cell import DataSpec, RunSettings
+    from .params import parse_assignments
+    from .sweep import dry_run_rows, plan, run_sweep
 
     split = lambda items: [x for item in items for x in item.split(",") if x]
-    options = RunOptions(out=out, data=data, data_root=data_root, mini_size=mini_size, mini_seed=mini_seed,
-                         params=tuple(param), batch_size=batch_size, device=device,
-                         processes={"torchrun": processes, "slurm": max(1, gpus_per_node)}.get(executor, 1))
     try:
         from .sweep import EXECUTORS
 
         if executor not in EXECUTORS:
             raise ValueError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
-        cells = plan(split(backbones), split(tasks), split(protocols), seeds, split(weights), first_seed)
+        # one data spec and one set of settings for every cell, refused here the same under every executor
+        data_spec = DataSpec(data, data_root, mini_size, mini_seed)
+        settings = RunSettings(out=out, device=device, batch_size=batch_size)
+        cell_processes = {"torchrun": processes, "slurm": max(1, gpus_per_node)}.get(executor, 1)
+        cells = plan(split(backbones), split(tasks), split(protocols), seeds, split(weights), first_seed, data=data_spec,
+                     params=parse_assignments(param), processes=cell_processes)
         if executor == "slurm" and not dry_run:
             from .slurm import SlurmOptions, slurm_available
 
@@ -746,9 +763,9 @@ def sweep(
         if dry_run:
             import pandas as pd
 
-            rows = pd.DataFrame(dry_run_rows(cells, options))
+            rows = pd.DataFrame(dry_run_rows(cells, settings))
             if not _machine_output(rows, format):
-                _print_frame(rows.drop(columns="command"), f"sweep of {len(rows)} cells (dry run) → {out}")
+                _print_frame(rows.drop(columns="cell_json"), f"sweep of {len(rows)} cells (dry run) → {out}")
                 known = rows["estimated_s"].dropna()
                 blocked = rows[rows["state"].str.startswith("cannot run")]
                 todo = rows[(rows["state"] != "done") & ~rows.index.isin(blocked.index)]
@@ -770,7 +787,7 @@ def sweep(
                       soft_wrap=True)
 
     with _warnings_to_stderr():
-        summary = run_sweep(cells, options, executor, processes, slurm_args, report)
+        summary = run_sweep(cells, settings, executor, slurm_args, report)
     from .leaderboard import load_tidy, pivots
 
     frame = load_tidy(out)

@@ -207,7 +207,7 @@ class TaskOutput:
 @dataclass
 class RunContext:
     """What a protocol needs besides the backbone: the data, where to compute, the seed. Everything
-    here except ``data`` and ``seed`` is operational: recorded, never part of a cell's identity."""
+    here except ``data`` and ``seed`` comes from `RunSettings`: recorded, never part of a cell's identity."""
 
     data: DataSource
     seed: int = 0
@@ -216,6 +216,7 @@ class RunContext:
     batch_size: int = 64  # feature extraction and inference
     num_workers: int = 0
     work_dir: Path | None = None  # scratch space of training protocols (checkpoints to resume a killed run)
+    checkpoint_interval: int = 0  # training iterations between work-dir checkpoints (0: at the end)
     progress: Any = None  # rich Progress-like; None = silent
 
     @property
@@ -428,8 +429,19 @@ class TaskConfig:
             out.update(params.identity())
         return out
 
-    def operational(self) -> list[str]:
-        return sorted({*self.params.operational(), *(k for c in self.components.values() for k in c.operational())})
+    def variant(self) -> dict[str, Any]:
+        """The score-affecting values that differ from what this protocol runs by default on this kind
+        of data (field defaults < the chosen component's preset < the mini preset): the part of a cell's
+        identity that its label does not already name. Empty for the default experiment."""
+        values = self.values()
+        choices = {key: values[key] for key in self.protocol.components}
+        preset = self.task.resolve(choices, protocol=self.protocol.name, mini=self.mini).identity()
+        default = self.task.resolve({}, protocol=self.protocol.name, mini=self.mini).values()
+        out = {k: v for k, v in self.identity().items() if preset.get(k) != v}
+        for key, value in choices.items():
+            if key not in self.protocol.variant_keys and value != default[key]:
+                out[key] = value
+        return out
 
     @property
     def label(self) -> str:
@@ -437,10 +449,13 @@ class TaskConfig:
         values = self.values()
         return "/".join([self.task.name, self.protocol.name, *(str(values[k]) for k in self.protocol.variant_keys)])
 
-    def record(self) -> dict[str, Any]:
+    def record(self, processes: int = 1) -> dict[str, Any]:
+        """The record's ``task`` entry; ``processes`` above 1 enters the identity (see `cell_identity`)."""
+        extra = {"processes": processes} if processes > 1 else {}
         return {
-            "name": self.task.name, "label": self.label, "version": self.task.version, "family": self.task.family,
-            "protocol": self.protocol.name, "params": self.values(), "operational": self.operational(),
+            "name": self.task.name, "label": self.label, "identity": {**self.identity(), **extra},
+            "variant": {**self.variant(), **extra}, "version": self.task.version, "family": self.task.family,
+            "protocol": self.protocol.name, "params": self.values(),
             "primary_metric": self.protocol.primary_metric, "higher_is_better": self.protocol.higher_is_better,
             "tolerance": self.task.tolerance, "selection_split": self.protocol.selection_split,
             "report_split": self.protocol.report_split, "leaderboard_metrics": list(self.protocol.leaderboard_metrics),

@@ -18,13 +18,16 @@ import torch
 
 from .environment import environment_differences, flat_environment
 from .metrics import miou_of_resamples, segmentation_areas
-from .records import RunRecord, iter_records
+from .records import RunRecord, iter_records, variant_text
 
 TIDY_COLUMNS = [
-    "data", "world", "task", "task_version", "backbone", "weights", "seed", "metric", "split", "value", "std",
+    "data", "world", "task", "label", "variant", "task_version", "backbone", "weights", "seed", "metric", "split", "value", "std",
     "higher_is_better", "primary", "shown", "tolerance", "run_id", "finished_at", "official", "environment",
 ]
-CELL = ["data", "world", "task", "backbone", "metric"]  # backbone = its label: name, or name@checkpoint
+# One cell = one experiment. ``task`` is the task label plus the variant that names every score-affecting
+# value differing from the protocol's defaults (``imagenet/knn [temperature=0.5]``); ``backbone`` is the
+# backbone's label (name, or name@checkpoint). Seeds and re-runs of a cell aggregate; nothing else does.
+CELL = ["data", "world", "task", "backbone", "metric"]
 MINI_FOLDER = re.compile(r"-seed(\d+)-(small|medium|large)$")
 
 
@@ -46,7 +49,7 @@ def load_tidy(source: str | Path) -> pd.DataFrame:
     source = Path(source)
     if source.is_file():
         try:
-            frame = pd.read_csv(source, dtype={"world": str})
+            frame = pd.read_csv(source, dtype={"world": str, "variant": str})
         except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
             why = "it is empty" if isinstance(exc, pd.errors.EmptyDataError) else exc
             raise ValueError(f"{source} is not an evalsuite results CSV ({why}): write one with "
@@ -54,6 +57,12 @@ def load_tidy(source: str | Path) -> pd.DataFrame:
         missing = sorted(set(CELL + ["value", "higher_is_better", "primary"]) - set(frame.columns))
         if missing:
             raise ValueError(f"{source} is not an evalsuite results CSV: missing columns {missing}")
+        if "variant" not in frame:
+            raise ValueError(f"{source} was written before results carried their variant (which experiment a row is), so "
+                             "its rows cannot be matched to one cell each: regenerate it with "
+                             "`evalsuite leaderboard RESULTS --tidy-csv FILE`")
+        frame = frame.assign(variant=frame["variant"].astype(object).fillna("").astype(str),
+                             label=frame["label"] if "label" in frame else frame["task"].str.split(" [", regex=False).str[0])
         if "environment" not in frame:  # written before environments were kept
             frame["environment"] = ""
         # real data has no world, and an old CSV no environment; CSV reads '' as NaN
@@ -64,10 +73,12 @@ def load_tidy(source: str | Path) -> pd.DataFrame:
     for _, rec in iter_records(source, skipped=skipped):
         if rec.status != "ok":
             continue
+        variant = variant_text(rec.task["variant"])
         for m in rec.metrics:
             rows.append({
                 "data": rec.data["source"], "world": record_world(rec.data),
-                "task": rec.task["label"], "task_version": rec.task["version"],
+                "task": cell_task(rec.task["label"], variant), "label": rec.task["label"], "variant": variant,
+                "task_version": rec.task["version"],
                 "backbone": rec.backbone.get("label", rec.backbone["name"]), "weights": rec.backbone["weights"],
                 "seed": rec.seed,
                 "metric": m["name"], "split": m["split"], "value": m["value"], "std": m.get("std"),
@@ -80,6 +91,11 @@ def load_tidy(source: str | Path) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=TIDY_COLUMNS)
     frame.attrs["skipped"] = skipped  # files that are not readable records: the CLI names each one
     return frame
+
+
+def cell_task(label: str, variant: str) -> str:
+    """The task column of a cell: its label, and its variant where it is not the protocol's default."""
+    return f"{label} [{variant}]" if variant else label
 
 
 def failed_attempts(source: str | Path) -> list[dict]:
@@ -95,7 +111,8 @@ def failed_attempts(source: str | Path) -> list[dict]:
         good = path.with_name(path.name.removesuffix(".failed.json") + ".json")
         last_good = RunRecord.load(good).finished_at if good.is_file() else None
         if last_good is None or last_good <= rec.finished_at:
-            out.append({"backbone": rec.backbone.get("label", rec.backbone["name"]), "task": rec.task["label"],
+            out.append({"backbone": rec.backbone.get("label", rec.backbone["name"]),
+                        "task": cell_task(rec.task["label"], variant_text(rec.task["variant"])),
                         "finished_at": rec.finished_at, "error": (rec.error or "").splitlines()[0],
                         "good_record": str(good) if last_good else None, "path": str(path)})
     return out
@@ -107,7 +124,7 @@ def latest(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty:
         return frame
     if "task_version" in frame:
-        newest = frame.groupby(["data", "world", "task"])["task_version"].transform("max")
+        newest = frame.groupby(["data", "world", "label" if "label" in frame else "task"])["task_version"].transform("max")
         frame = frame[frame["task_version"] == newest]
     if "finished_at" not in frame:
         return frame
@@ -120,7 +137,7 @@ def cells(frame: pd.DataFrame) -> pd.DataFrame:
     the std it carries itself (a run that repeated its training over ``seeds``)."""
     if frame.empty:
         return pd.DataFrame(columns=CELL + ["value", "std", "n", "higher_is_better", "primary", "tolerance"])
-    extra = {c: (c, "first") for c in ("tolerance", "shown") if c in frame}
+    extra = {c: (c, "first") for c in ("tolerance", "shown", "label", "variant") if c in frame}
     if "environment" in frame:  # the newest record's (rows are in time order after `latest`)
         extra["environment"] = ("environment", "last")
     if "std" in frame:
@@ -153,10 +170,17 @@ def pivots(frame: pd.DataFrame, column: str = "value") -> dict[str, pd.DataFrame
     """One backbone × task table for real data ('real') and one per mini world ('mini seed0-small'):
     primary metrics, and the ones the task lists in ``leaderboard_metrics`` (e.g. RMSE beside δ1).
     ``column="std"`` gives the matching tables of standard deviations over seeds (NaN where there is
-    a single seed)."""
+    a single seed).
+
+    A variant of a task (a cell whose score-affecting values differ from the protocol's defaults) is a
+    row of its own, named ``backbone [variant]``: two experiments never share a row."""
     primary = cells(latest(frame))
     shown = primary["shown"] if "shown" in primary else primary["primary"]
     primary = primary[shown.astype(bool)]
+    if "label" in primary and "variant" in primary:
+        variant = primary["variant"].fillna("").astype(str)
+        primary = primary.assign(task=primary["label"],
+                                 backbone=primary["backbone"] + variant.map(lambda v: f" [{v}]" if v else ""))
     tables = {}
     worlds = sorted(set(zip(primary["data"], primary["world"])), key=lambda sw: (sw[0] != "real", sw[1]))
     for source, world in worlds:

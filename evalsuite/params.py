@@ -1,7 +1,8 @@
 """Typed, validated parameters: one dataclass per protocol (and per head), every default visible.
 
-A field is declared with `param` (default, help, range, choices, and whether it is *operational*:
-recorded but never part of a cell's identity, e.g. a checkpoint interval). Values given on the
+A field is declared with `param` (default, help, range, choices). Every field can move a score, so
+every field is part of a cell's identity; what cannot (a checkpoint interval, a batch size for
+extraction) lives in `evalsuite.cell.RunSettings`, never here. Values given on the
 command line arrive as strings and are coerced to the field's type here, in one place, so ``-p``
 and ``--objective`` mean the same thing; an unknown key is an error that suggests the closest
 name, and a value outside its range is refused before any work starts.
@@ -22,12 +23,11 @@ P = TypeVar("P", bound="Params")
 
 def param(default: Any, help: str = "", *, min: float | None = None, max: float | None = None,
           min_exclusive: bool = False, max_exclusive: bool = False, choices: tuple | None = None,
-          operational: bool = False, increasing: bool = False) -> Any:
+          increasing: bool = False) -> Any:
     """A parameter field: ``min``/``max`` bound numbers (and every element of a tuple), ``choices``
-    restricts the value, ``increasing`` demands a strictly increasing tuple (a schedule's milestones),
-    ``operational`` keeps it out of the cell identity."""
+    restricts the value, ``increasing`` demands a strictly increasing tuple (a schedule's milestones)."""
     meta = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive, "max_exclusive": max_exclusive,
-            "choices": choices, "operational": operational, "increasing": increasing}
+            "choices": choices, "increasing": increasing}
     if isinstance(default, (list, dict, set)):
         raise TypeError("parameter defaults must be immutable (use a tuple)")
     return field(default=default, metadata=meta)
@@ -143,22 +143,18 @@ class Params:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def identity(self) -> dict[str, Any]:
-        """The values that can move a score: everything but operational fields."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("operational")}
-
-    @classmethod
-    def operational(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls) if f.metadata.get("operational")]
+        """The values that can move a score: all of them."""
+        return self.to_dict()
 
     @classmethod
     def describe(cls) -> list[dict[str, Any]]:
-        """One row per field (name, type, default, help, range/choices, operational) for `evalsuite show`."""
+        """One row per field (name, type, default, help, range/choices) for `evalsuite show`."""
         types = cls.types()
         rows = []
         for f in dataclasses.fields(cls):
             m = f.metadata
             rows.append({"name": f.name, "type": _type_name(types[f.name]), "default": f.default, "help": m.get("help", ""),
-                         "range": _range_text(m), "operational": bool(m.get("operational"))})
+                         "range": _range_text(m)})
         return rows
 
 

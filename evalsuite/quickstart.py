@@ -19,7 +19,8 @@ from typing import Callable, Iterator
 import pandas as pd
 
 from . import __version__
-from .leaderboard import compare
+from .cell import CellSpec, RunSettings
+from .leaderboard import CELL, compare
 from .mini import cache_root, mini_dir
 from .pretrain import PretrainConfig, pretrain
 from .registry import BACKBONES, TASKS
@@ -66,6 +67,7 @@ def run(out: Path, force: bool = False, progress=None, run_one: Callable[..., Ce
     the check that a conclusion is not an accident of one world's scenes. A task whose optional extra
     is not installed is passed to ``skipped(task, reason)`` and left out."""
     run_one = run_one or run_cell
+    settings = RunSettings(out=out, force=force)
     weights = [(name, "random", None) for name in RANDOM_TWINS]
     weights += [(name, str(pretrained_checkpoint(replace(cfg, mini_seed=mini_seed), progress)), PRETRAINED_LABEL)
                 for name, cfg in PRETRAIN.items()]
@@ -76,8 +78,9 @@ def run(out: Path, force: bool = False, progress=None, run_one: Callable[..., Ce
             continue
         for params in variants(task):
             for backbone, w, label in weights:
-                yield run_one(backbone, task, weights=w, weights_label=label, data="mini", mini_seed=mini_seed,
-                              params=params, out_dir=out, force=force, progress=progress)
+                spec = CellSpec.build(backbone, task, weights=w, weights_label=label, data="mini", mini_seed=mini_seed,
+                                      params=params)
+                yield run_one(spec, settings, progress)
 
 
 def twin_deltas(frame: pd.DataFrame, samples: dict) -> pd.DataFrame:
@@ -91,7 +94,7 @@ def twin_deltas(frame: pd.DataFrame, samples: dict) -> pd.DataFrame:
         pretrained_side = frame[frame["backbone"] == twin]
         if random_side.empty or pretrained_side.empty:
             continue
-        keep = lambda side: {k: v for k, v in samples.items() if k[3] == side}
+        keep = lambda side: {k: v for k, v in samples.items() if k[CELL.index("backbone")] == side}
         table = compare(random_side, pretrained_side, keep(name), keep(twin))
         shown = frame.drop_duplicates(["task", "metric"]).set_index(["task", "metric"])
         for _, row in table.iterrows():

@@ -20,7 +20,9 @@ from .contracts import Metric
 from .fileio import atomic_write_text
 from .metrics import dataset_statistic
 
-SCHEMA_VERSION = 2  # 2: data.identity (was manifest_sha256), task.protocol/operational, settings
+# 2: data.identity (was manifest_sha256), task.protocol/operational, settings
+# 3: task.identity (what moves a score) and task.variant (its part that differs from the protocol's defaults)
+SCHEMA_VERSION = 3
 Status = Literal["ok", "failed"]
 
 
@@ -93,7 +95,9 @@ class RunRecord:
     def from_dict(cls, data: dict[str, Any]) -> "RunRecord":
         version = data.get("schema_version")
         if version == 1:
-            data = _from_v1(data)
+            data = _from_v2(_from_v1(data))
+        elif version == 2:
+            data = _from_v2(data)
         elif version != SCHEMA_VERSION:
             raise ValueError(f"record schema_version {version!r} is not supported (expected {SCHEMA_VERSION})")
         missing = sorted(f for f in _REQUIRED if f not in data)
@@ -102,6 +106,8 @@ class RunRecord:
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:
             raise ValueError(f"not an evalsuite record: unknown fields {unknown}")
+        if not isinstance(data["task"], dict) or not isinstance(data["task"].get("variant"), dict):
+            raise ValueError("not an evalsuite record: task.variant (which experiment it is) is missing")
         return cls(**data)
 
     @classmethod
@@ -134,10 +140,46 @@ def _compact(value):
 
 def _from_v1(data: dict[str, Any]) -> dict[str, Any]:
     """A schema-1 record read as schema 2: the data folder's hash becomes its identity."""
-    data = dict(data, schema_version=SCHEMA_VERSION)
+    data = dict(data, schema_version=2)
     if isinstance(data.get("data"), dict) and "manifest_sha256" in data["data"]:
         data["data"] = {k if k != "manifest_sha256" else "identity": v for k, v in data["data"].items()}
     return data
+
+
+def _from_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """A schema-2 record read as schema 3. Its identity is its parameters less the operational ones
+    (plus the process count of a DDP run); its variant is found by resolving those parameters against
+    the task's protocol as registered now. A record whose task or parameters no longer resolve is
+    refused (the caller names the file): guessing would put it in the wrong row."""
+    data = dict(data, schema_version=SCHEMA_VERSION)
+    task = dict(data.get("task") or {})
+    if task.get("name") == "bench":  # throughput: its label is its settings
+        data["task"] = {**task, "identity": dict(task.get("params", {})), "variant": {}}
+        return data
+    if not {"name", "protocol", "params"} <= set(task):
+        raise ValueError("a schema-2 record without its task's protocol and parameters: cannot tell which experiment it is")
+    processes = int((data.get("settings") or {}).get("world_size") or 1)
+    extra = {"processes": processes} if processes > 1 else {}
+    operational = task.pop("operational", ())  # schema 2 kept a checkpoint interval among the parameters
+    scored = {k: v for k, v in task["params"].items() if k not in operational}
+    from .registry import TASKS
+
+    try:
+        config = TASKS.get(task["name"]).resolve(scored, protocol=task["protocol"],
+                                                 mini=(data.get("data") or {}).get("source") == "mini")
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"a schema-2 record whose parameters no longer resolve ({exc}): rerun the cell") from None
+    data["task"] = {**task, "identity": {"protocol": task["protocol"], **scored, **extra},
+                    "variant": {**config.variant(), **extra}}
+    return data
+
+
+def variant_text(variant: dict[str, Any]) -> str:
+    """``"k=5 temperature=0.5"``: a variant as the suffix that names it in every view ('' = the default)."""
+    def show(value: Any) -> str:
+        return ",".join(map(show, value)) if isinstance(value, (list, tuple)) else str(value)
+
+    return " ".join(f"{key}={show(value)}" for key, value in sorted(variant.items()))
 
 
 def cell_key(*, task: str, task_version: int, identity: dict[str, Any], data_identity: str, backbone: str,

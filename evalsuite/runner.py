@@ -4,14 +4,16 @@ The runner owns everything that is the same for every task: resolving names, par
 and weights (all validated before any work starts), the cell identity (skip-if-done), seeding,
 timing, failure capture and the atomic record write.
 
-A cell's identity is (task, version, protocol, the protocol's score-affecting parameters, data
-identity, backbone, weights, seed). Operational settings — checkpoint interval, extraction batch
-size, workers, device, progress — are recorded but never hashed, so changing one skips a finished
-cell and resumes a killed one from the same work dir.
+A cell is a `CellSpec` (evalsuite.cell); its identity is (task, version, protocol, the protocol's
+score-affecting parameters, processes, data identity, backbone, weights, seed). `RunSettings` —
+checkpoint interval, extraction batch size, workers, device — are recorded but never hashed, so
+changing one skips a finished cell and resumes a killed one from the same work dir.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 import os
 import shutil
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 
 from . import __version__, distributed
+from .cell import DEFAULT_OUT, CellError, CellSpec, RunSettings
 from .checkpoints import BackboneSpec, create_backbone, resolve_weights
 from .contracts import DataSource, RunContext, TaskConfig
 from .data import file_sha256
@@ -34,8 +37,6 @@ from .environment import default_device, environment, git_state, parse_device, s
 from .fileio import atomic_write_bytes, atomic_write_text
 from .records import RunRecord, artifacts_dir, cell_key, failed_path, record_path, write_record
 from .registry import BACKBONES, TASKS
-
-DEFAULT_OUT = Path("results/runs")
 
 
 class RunFailed(RuntimeError):
@@ -55,16 +56,22 @@ class CellResult:
 
 @dataclass(frozen=True)
 class Cell:
-    """A resolved cell before it runs: what `run_cell` (and `evalsuite sweep`) schedules."""
+    """A resolved cell before it runs: its spec, resolved config, data, weights identity, key and path."""
 
-    backbone: str
+    spec: CellSpec
     config: TaskConfig
     source: DataSource
-    weights: str | None
     weights_id: str
-    seed: int
     key: str
     path: Path
+
+    @property
+    def backbone(self) -> str:
+        return self.spec.backbone
+
+    @property
+    def seed(self) -> int:
+        return self.spec.seed
 
 
 def _now() -> str:
@@ -76,91 +83,90 @@ def work_dir_of(out_dir: Path, cell: Cell) -> Path:
     return Path(out_dir) / ".work" / cell.key[:16]
 
 
-def resolve_cell(backbone: str, task: str, *, weights: str | None = None, data: str = "real",
-                 data_root: str | Path | None = None, mini_size: str = "small", mini_seed: int = 0, seed: int = 0,
-                 params: dict[str, Any] | None = None, protocol: str | None = None,
-                 out_dir: Path = DEFAULT_OUT, processes: int | None = None) -> Cell:
-    """Names, parameters and weights are checked first (cheap, one actionable line each); then the
-    data source is asked for its identity once.
+def resolve_cell(spec: CellSpec, out_dir: Path = DEFAULT_OUT) -> Cell:
+    """The cell's weights and data identity (the data source is asked once), its key and record path.
 
-    ``processes`` (default: this run's world size) enters the identity when above 1: per-process
-    random streams (augmentation, dropout, drop-path) and mixup pairs within each process's batch make
-    a DDP run another computation than a one-process run, so the two are separate cells."""
-    if data not in ("real", "mini"):
-        raise ValueError(f"data must be 'real' or 'mini', got {data!r}")
-    bb_spec = BACKBONES.get(backbone)
-    task_obj = TASKS.get(task)
-    config = task_obj.resolve(params, protocol=protocol, mini=data == "mini")
+    The key hashes (task, version, protocol and its score-affecting parameters, processes above 1,
+    data identity, backbone, weights, seed): per-process random streams (augmentation, dropout,
+    drop-path) and mixup pairs within each process's batch make a DDP run another computation than a
+    one-process run, so the two are separate cells."""
+    bb_spec = BACKBONES.get(spec.backbone)
+    task_obj = TASKS.get(spec.task)
+    config = spec.config()
     weights_id = "random"
     if isinstance(bb_spec, BackboneSpec):
-        path = resolve_weights(bb_spec, weights)
+        path = resolve_weights(bb_spec, spec.weights)
         weights_id = file_sha256(path) if path is not None else "random"
-    source = task_obj.data_source(data, data_root, mini_size, mini_seed, config)
+    data = spec.data
+    source = task_obj.data_source(data.kind, data.root, data.mini_size, data.mini_seed, config)
     if source.kind == "mini" and not config.mini:  # a generated folder passed as real data is mini data
-        config = task_obj.resolve(params, protocol=protocol, mini=True)
+        config = spec.config(mini=True)
     task_obj.check_source(config, source)
-    processes = distributed.world_size() if processes is None else processes
-    identity = {**config.identity(), **({"processes": processes} if processes > 1 else {})}
-    key = cell_key(task=config.name, task_version=config.version, identity=identity,
-                   data_identity=source.identity, backbone=backbone, weights=weights_id, seed=seed)
-    return Cell(backbone, config, source, weights, weights_id, seed, key, record_path(out_dir, backbone, config.label, key))
+    key = cell_key(task=config.name, task_version=config.version, identity=config.record(spec.processes)["identity"],
+                   data_identity=source.identity, backbone=spec.backbone, weights=weights_id, seed=spec.seed)
+    return Cell(spec, config, source, weights_id, key, record_path(out_dir, spec.backbone, config.label, key))
 
 
-def run_cell(backbone: str, task: str, *, weights: str | None = None, data: str = "real",
-             data_root: str | Path | None = None, mini_size: str = "small", mini_seed: int = 0, seed: int = 0,
-             params: dict[str, Any] | None = None, protocol: str | None = None, out_dir: Path = DEFAULT_OUT,
-             force: bool = False, device: torch.device | str | None = None, amp: bool | None = None,
-             batch_size: int = 64, num_workers: int = 0, progress: Any = None,
-             weights_label: str | None = None) -> CellResult:
+def run_cell(spec: CellSpec, settings: RunSettings = RunSettings(), progress: Any = None) -> CellResult:
     """Evaluate one cell and write its record; an identical finished cell is returned as skipped.
 
-    ``weights_label`` names the checkpoint in leaderboards (default: the first 8 hex digits of its
-    sha256); random weights keep the bare backbone name. ``mini_size``/``mini_seed`` pick the mini
-    world (``data='mini'``); ``seed`` seeds the run itself. Under torchrun every rank runs the cell
-    (training is DDP, evaluation is repeated) and rank 0 alone writes the record. A failed run is
-    recorded beside the cell's last good record, never over it.
-    """
-    device = parse_device(device) if device is not None else default_device()
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
-    cell = resolve_cell(backbone, task, weights=weights, data=data, data_root=data_root, mini_size=mini_size,
-                        mini_seed=mini_seed, seed=seed, params=params, protocol=protocol, out_dir=out_dir)
-    if cell.path.is_file() and not force:
+    Under torchrun every rank runs the cell (training is DDP, evaluation is repeated) and rank 0
+    alone writes the record; ``spec.processes`` must be the world size. A failed run is recorded
+    beside the cell's last good record, never over it."""
+    if spec.processes != distributed.world_size():
+        raise CellError(f"{spec.name} is a {spec.processes}-process cell, but this is a run of {distributed.world_size()} "
+                        f"process(es): run it under `torchrun --nproc_per_node {spec.processes}`")
+    device = parse_device(settings.device) if settings.device is not None else default_device()
+    cell = resolve_cell(spec, settings.out)
+    if cell.path.is_file() and not settings.force:
         existing = RunRecord.load(cell.path)
         if existing.status == "ok":
             return CellResult(existing, cell.path, skipped=True)
-    if force:  # from scratch: a killed run's checkpoints are not resumed either
-        shutil.rmtree(work_dir_of(out_dir, cell), ignore_errors=True)
-    return execute(cell, out_dir=out_dir, device=device, amp=amp, batch_size=batch_size, num_workers=num_workers,
-                   progress=progress, weights_label=weights_label)
+    if settings.force:  # from scratch: a killed run's checkpoints are not resumed either
+        shutil.rmtree(work_dir_of(settings.out, cell), ignore_errors=True)
+    return execute(cell, settings, device, progress)
 
 
-def execute(cell: Cell, *, out_dir: Path, device: torch.device, amp: bool | None = None, batch_size: int = 64,
-            num_workers: int = 0, progress: Any = None, weights_label: str | None = None) -> CellResult:
-    config, backbone = cell.config, cell.backbone
+def evaluate(backbone: str, task: str, *, progress: Any = None, **options: Any) -> CellResult:
+    """The Python API: one cell from keyword options, each routed to `CellSpec.build` or
+    `RunSettings` by name (no third spelling of either): ``evaluate("mae-b16", "imagenet",
+    data="mini", params={"k": 10}, out="results/runs")``."""
+    spec_keys = set(inspect.signature(CellSpec.build).parameters) - {"cls", "backbone", "task"}
+    settings_keys = {f.name for f in dataclasses.fields(RunSettings)}
+    unknown = sorted(set(options) - spec_keys - settings_keys)
+    if unknown:
+        raise TypeError(f"evaluate() got unknown options {unknown}")
+    options.setdefault("processes", distributed.world_size())
+    spec = CellSpec.build(backbone, task, **{k: v for k, v in options.items() if k in spec_keys})
+    return run_cell(spec, RunSettings(**{k: v for k, v in options.items() if k in settings_keys}), progress)
+
+
+def execute(cell: Cell, settings: RunSettings, device: torch.device, progress: Any = None) -> CellResult:
+    config, backbone, spec = cell.config, cell.backbone, cell.spec
     is_writer = distributed.is_main_process()
-    amp_dtype = torch.bfloat16 if (amp if amp is not None else device.type == "cuda") else None
-    work_dir = work_dir_of(out_dir, cell)
-    ctx = RunContext(data=cell.source, seed=cell.seed, device=device, amp_dtype=amp_dtype, batch_size=batch_size,
-                     num_workers=num_workers, progress=progress, work_dir=work_dir)
+    amp_dtype = torch.bfloat16 if (settings.amp if settings.amp is not None else device.type == "cuda") else None
+    work_dir = work_dir_of(settings.out, cell)
+    ctx = RunContext(data=cell.source, seed=cell.seed, device=device, amp_dtype=amp_dtype, batch_size=settings.batch_size,
+                     num_workers=settings.num_workers, progress=progress, work_dir=work_dir,
+                     checkpoint_interval=settings.checkpoint_interval)
     sha, dirty = git_state()
     started, t0 = _now(), time.perf_counter()
     base = dict(
         run_id=f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}",
         cell_key=cell.key, started_at=started, evalsuite_version=__version__, git_sha=sha, git_dirty=dirty,
-        task=config.record(), seed=cell.seed, data=cell.source.record(),
+        task=config.record(spec.processes), seed=cell.seed, data=cell.source.record(),
         environment=environment(device, amp_dtype),
-        settings={"batch_size": batch_size, "num_workers": num_workers, "device": str(device),
+        settings={"batch_size": settings.batch_size, "num_workers": settings.num_workers, "device": str(device),
                   "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype else None,
-                  "world_size": distributed.world_size()},
+                  "checkpoint_interval": settings.checkpoint_interval, "world_size": distributed.world_size()},
     )
-    label = backbone if cell.weights_id == "random" else f"{backbone}@{weights_label or cell.weights_id[:8]}"
+    label = backbone if cell.weights_id == "random" else f"{backbone}@{spec.weights_label or cell.weights_id[:8]}"
     # "official": the family's published checkpoint (the default file), the only runs published numbers describe
     bb_info = {"name": backbone, "label": label, "weights": cell.weights_id,
-               "official": cell.weights is None and cell.weights_id != "random"}
+               "official": spec.weights is None and cell.weights_id != "random"}
     seed_everything(cell.seed)
     t_load = time.perf_counter()
-    model = create_backbone(backbone, cell.weights).to(device)  # a checkpoint that does not fit is the user's error: no record
+    model = create_backbone(backbone, spec.weights).to(device)  # a checkpoint that does not fit is the user's error: no record
     bb_info |= {"family": model.meta.family, "num_params": model.meta.num_params}
     if getattr(model, "checkpoint_dtypes", None):
         bb_info["checkpoint_dtypes"] = model.checkpoint_dtypes  # e.g. a bfloat16 file loaded into float32

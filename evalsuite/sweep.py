@@ -1,7 +1,7 @@
 """`evalsuite sweep`: backbones × tasks × protocols × seeds × weights, one `evalsuite run` per cell.
 
 Executors: ``local`` (each cell in this process, one after the other), ``torchrun`` (each cell under
-``torch.distributed.run`` with N processes: DDP training, rank 0 writes) and ``slurm`` (a submitit
+``torch.distributed.run`` with N processes, as ``evalsuite run --cell FILE``: DDP training, rank 0 writes) and ``slurm`` (a submitit
 job array, one job per cell, with torchrun's environment in every task; ``--cluster local`` runs the
 same jobs on this machine). A sweep is resumable because a cell is its identity: a finished cell is
 skipped, a failed or killed one runs again (a killed run resumes from its work dir). Two sweeps may
@@ -10,14 +10,17 @@ share an output folder: records are written atomically, the same cell twice ends
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
+from .cell import CellSpec, DataSpec, RunSettings, write_cell_file
 from .records import RunRecord, iter_records
 from .registry import TASKS
 
@@ -25,50 +28,21 @@ EXECUTORS = ("local", "torchrun", "slurm")
 
 
 @dataclass(frozen=True)
-class RunOptions:
-    """What every cell of a sweep shares (the `evalsuite run` options besides the cell's own)."""
-
-    out: Path = Path("results/runs")
-    data: str = "real"
-    data_root: str | None = None
-    mini_size: str = "small"
-    mini_seed: int = 0
-    params: tuple[str, ...] = ()  # KEY=VALUE, as `-p`
-    batch_size: int = 64
-    device: str | None = None
-    processes: int = 1  # processes per cell (torchrun/Slurm): part of a cell's identity when above 1
-
-
-@dataclass(frozen=True)
 class SweepCell:
-    backbone: str
-    task: str
-    protocol: str | None
-    seed: int
-    weights: str | None = None
+    """One planned cell: its validated spec, or why it cannot be built (the sweep runs the others)."""
 
-    @property
-    def name(self) -> str:
-        weights = f" @ {self.weights}" if self.weights else ""
-        return f"{self.backbone}{weights} × {self.task}{'/' + self.protocol if self.protocol else ''} · seed {self.seed}"
-
-    def argv(self, options: RunOptions) -> list[str]:
-        out = ["run", "-b", self.backbone, "-t", self.task, "--seed", str(self.seed), "--out", str(options.out),
-               "--data", options.data, "--mini-size", options.mini_size, "--mini-seed", str(options.mini_seed),
-               "--batch-size", str(options.batch_size)]
-        out += ["--protocol", self.protocol] if self.protocol else []
-        out += ["--weights", self.weights] if self.weights else []
-        out += ["--data-root", options.data_root] if options.data_root else []
-        out += ["--device", options.device] if options.device else []
-        for assignment in options.params:
-            out += ["-p", assignment]
-        return out
+    name: str
+    spec: CellSpec | None
+    error: str | None = None
 
 
 def plan(backbones: Iterable[str], tasks: Iterable[str], protocols: Iterable[str] = (), seeds: int = 1,
-         weights: Iterable[str] = (), first_seed: int = 0) -> list[SweepCell]:
-    """Every cell, in a stable order. ``protocols`` apply to the tasks that have them; a task that has
-    none of them is an error (a typo would otherwise silently drop the task)."""
+         weights: Iterable[str] = (), first_seed: int = 0, *, data: DataSpec = DataSpec(),
+         params: Mapping[str, Any] | None = None, processes: int = 1) -> list[SweepCell]:
+    """Every cell, in a stable order, each built by `CellSpec.build` (the one validator). ``protocols``
+    apply to the tasks that have them; a task that has none of them is an error (a typo would
+    otherwise silently drop the task). A cell whose parameters do not apply to it is planned with its
+    error: the other cells run, and the sweep fails at the end."""
     backbones, tasks, protocols = list(backbones), list(tasks), list(protocols)
     if not backbones or not tasks:
         raise ValueError("a sweep needs at least one --backbones and one --tasks entry")
@@ -81,19 +55,30 @@ def plan(backbones: Iterable[str], tasks: Iterable[str], protocols: Iterable[str
         if not chosen:
             raise ValueError(f"task {task} has none of the protocols {', '.join(protocols)} (it has {', '.join(known)})")
         per_task[task] = chosen
-    return [SweepCell(b, t, p, s, w) for b, w, t in itertools.product(backbones, list(weights) or [None], tasks)
-            for p in per_task[t] for s in range(first_seed, first_seed + seeds)]
+    out = []
+    for backbone, w, task in itertools.product(backbones, list(weights) or [None], tasks):
+        for protocol in per_task[task]:
+            for seed in range(first_seed, first_seed + seeds):
+                name = f"{backbone}{' @ ' + w if w else ''} × {task}{'/' + protocol if protocol else ''} · seed {seed}"
+                try:
+                    spec = CellSpec.build(backbone, task, protocol=protocol, params=params, weights=w,
+                                          data=data.kind, data_root=data.root, mini_size=data.mini_size,
+                                          mini_seed=data.mini_seed, seed=seed, processes=processes)
+                except (ValueError, KeyError) as exc:
+                    out.append(SweepCell(name, None, f"{type(exc).__name__}: {exc}"))
+                    continue
+                out.append(SweepCell(spec.name, spec))
+    return out
 
 
-def state(cell: SweepCell, options: RunOptions) -> tuple[str, Path | None]:
+def state(cell: SweepCell, settings: RunSettings) -> tuple[str, Path | None]:
     """("done" | "failed" | "todo", the record path): a cell is done when its record is ok."""
     from .records import failed_path
     from .runner import resolve_cell
 
-    resolved = resolve_cell(cell.backbone, cell.task, weights=cell.weights, data=options.data, data_root=options.data_root,
-                            mini_size=options.mini_size, mini_seed=options.mini_seed, seed=cell.seed,
-                            params=_params(options), protocol=cell.protocol, out_dir=options.out,
-                            processes=options.processes)
+    if cell.spec is None:
+        raise ValueError(cell.error)
+    resolved = resolve_cell(cell.spec, settings.out)
     if resolved.path.is_file() and RunRecord.load(resolved.path).status == "ok":
         return "done", resolved.path
     if failed_path(resolved.path).is_file():
@@ -101,21 +86,15 @@ def state(cell: SweepCell, options: RunOptions) -> tuple[str, Path | None]:
     return "todo", resolved.path
 
 
-def _params(options: RunOptions) -> dict:
-    from .params import parse_assignments
-
-    return parse_assignments(list(options.params), "-p")
-
-
-def estimated_seconds(cell: SweepCell, records: list[RunRecord], options: RunOptions | None = None) -> float | None:
+def estimated_seconds(spec: CellSpec | None, records: list[RunRecord]) -> float | None:
     """From finished records of the same backbone, task, protocol and data (real, or the same mini
     world; any seed or weights), or None."""
-    options = options or RunOptions()
-    protocol = cell.protocol or TASKS.get(cell.task).default_protocol
-    world = f"seed{options.mini_seed}-{options.mini_size}" if options.data == "mini" else ""
+    if spec is None:
+        return None
+    world = f"seed{spec.data.mini_seed}-{spec.data.mini_size}" if spec.data.kind == "mini" else ""
     times = [r.timings.get("total_s") for r in records
-             if r.status == "ok" and r.backbone.get("name") == cell.backbone and r.task.get("name") == cell.task
-             and r.task.get("protocol") == protocol and r.data.get("source") == options.data
+             if r.status == "ok" and r.backbone.get("name") == spec.backbone and r.task.get("name") == spec.task
+             and r.task.get("protocol") == spec.protocol and r.data.get("source") == spec.data.kind
              and (r.data.get("world", "") or "") == world and r.timings.get("total_s")]
     return sum(times) / len(times) if times else None
 
@@ -142,18 +121,21 @@ class Summary:
         return [o for o in self.outcomes if o.status == "failed"]
 
 
-def run_sweep(cells: list[SweepCell], options: RunOptions, executor: str = "local", processes: int = 2,
-              slurm=None, on_outcome: Callable[[Outcome], None] = lambda o: None) -> Summary:
-    """Run every cell that is not done; a failing cell never stops the sweep (see `Summary.failed`)."""
+def run_sweep(cells: list[SweepCell], settings: RunSettings, executor: str = "local", slurm=None,
+              on_outcome: Callable[[Outcome], None] = lambda o: None) -> Summary:
+    """Run every cell that is not done; a failing cell never stops the sweep (see `Summary.failed`).
+    torchrun and Slurm cells run as ``evalsuite run --cell FILE`` with the cell's own JSON, so they
+    are the very cells a local sweep or `evalsuite run` would run."""
     if executor not in EXECUTORS:
         raise ValueError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     summary = Summary()
     todo = []
     for cell in cells:
         try:
-            status, _ = state(cell, options)
+            status, _ = state(cell, settings)
         except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:  # this cell's input is bad: say so at the end
-            summary.outcomes.append(Outcome(cell, "failed", error=f"{type(exc).__name__}: {exc}"))
+            error = cell.error or f"{type(exc).__name__}: {exc}"
+            summary.outcomes.append(Outcome(cell, "failed", error=error))
             on_outcome(summary.outcomes[-1])
             continue
         if status == "done":
@@ -162,24 +144,21 @@ def run_sweep(cells: list[SweepCell], options: RunOptions, executor: str = "loca
         else:
             todo.append(cell)
     if executor == "slurm":
-        outcomes = _run_slurm(todo, options, slurm)
+        outcomes = _run_slurm(todo, settings, slurm)
     else:
-        outcomes = (_run_local(cell, options) if executor == "local" else _run_torchrun(cell, options, processes)
-                    for cell in todo)
+        outcomes = (_run_local(cell, settings) if executor == "local" else _run_torchrun(cell, settings) for cell in todo)
     for outcome in outcomes:
         summary.outcomes.append(outcome)
         on_outcome(outcome)
     return summary
 
 
-def _run_local(cell: SweepCell, options: RunOptions) -> Outcome:
+def _run_local(cell: SweepCell, settings: RunSettings) -> Outcome:
     from .runner import RunFailed, run_cell
 
     t0 = time.perf_counter()
     try:
-        result = run_cell(cell.backbone, cell.task, weights=cell.weights, data=options.data, data_root=options.data_root,
-                          mini_size=options.mini_size, mini_seed=options.mini_seed, seed=cell.seed, params=_params(options),
-                          protocol=cell.protocol, out_dir=options.out, batch_size=options.batch_size, device=options.device)
+        result = run_cell(cell.spec, settings)
     except RunFailed as exc:
         return Outcome(cell, "failed", time.perf_counter() - t0, error=str(exc))
     except Exception as exc:  # anything this cell raises (a bad checkpoint, bad input): the next cell runs
@@ -187,22 +166,31 @@ def _run_local(cell: SweepCell, options: RunOptions) -> Outcome:
     return Outcome(cell, "done" if result.skipped else "ok", time.perf_counter() - t0, _primary(result.record))
 
 
-def _run_torchrun(cell: SweepCell, options: RunOptions, processes: int) -> Outcome:
+def cell_argv(cell: SweepCell, settings: RunSettings) -> list[str]:
+    """``run --cell FILE``: the cell's JSON written under ``<out>/.cells/`` for another process."""
+    spec = cell.spec
+    assert spec is not None
+    digest = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    path = write_cell_file(settings.out / ".cells" / f"{digest}.json", spec, settings)
+    return ["run", "--cell", str(path)]
+
+
+def _run_torchrun(cell: SweepCell, settings: RunSettings) -> Outcome:
     t0 = time.perf_counter()
     # --standalone: a free rendezvous port per cell, so concurrent sweeps never collide
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-    done = subprocess.run([*launcher, "-m", "evalsuite", *cell.argv(options)], capture_output=True, text=True)
-    return _from_process(cell, options, done.returncode, done.stderr, time.perf_counter() - t0)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(cell.spec.processes)]
+    done = subprocess.run([*launcher, "-m", "evalsuite", *cell_argv(cell, settings)], capture_output=True, text=True)
+    return _from_process(cell, settings, done.returncode, done.stderr, time.perf_counter() - t0)
 
 
-def _run_slurm(cells: list[SweepCell], options: RunOptions, slurm) -> Iterable[Outcome]:
+def _run_slurm(cells: list[SweepCell], settings: RunSettings, slurm) -> Iterable[Outcome]:
     from .slurm import submit_array
 
     if not cells:
         return []
     opts, folder, cluster = slurm
     submitted = time.perf_counter()
-    jobs = submit_array([cell.argv(options) for cell in cells], opts, folder, cluster)
+    jobs = submit_array([cell_argv(cell, settings) for cell in cells], opts, folder, cluster)
     outcomes = []
     for cell, job in zip(cells, jobs):
         t0 = submitted  # seconds since submission (queueing included): jobs run side by side
@@ -211,12 +199,12 @@ def _run_slurm(cells: list[SweepCell], options: RunOptions, slurm) -> Iterable[O
             code, error = 0, ""
         except Exception as exc:  # submitit re-raises the job's failure with its log tail
             code, error = 1, str(exc)
-        outcomes.append(_from_process(cell, options, code, error, time.perf_counter() - t0))
+        outcomes.append(_from_process(cell, settings, code, error, time.perf_counter() - t0))
     return outcomes
 
 
-def _from_process(cell: SweepCell, options: RunOptions, code: int, stderr: str, seconds: float) -> Outcome:
-    status, path = state(cell, options)
+def _from_process(cell: SweepCell, settings: RunSettings, code: int, stderr: str, seconds: float) -> Outcome:
+    status, path = state(cell, settings)
     if code == 0 and status == "done":
         return Outcome(cell, "ok", seconds, _primary(RunRecord.load(path)))
     if status == "failed":  # the cell's own failed record says why better than a launcher's last line
@@ -231,16 +219,15 @@ def _primary(record: RunRecord) -> float | None:
     return next((m["value"] for m in record.metrics if m.get("primary")), None)
 
 
-def dry_run_rows(cells: list[SweepCell], options: RunOptions) -> list[dict]:
+def dry_run_rows(cells: list[SweepCell], settings: RunSettings) -> list[dict]:
     """Each cell, its state and its estimated cost (seconds, from finished records where known)."""
-    records = known_records(options.out)
+    records = known_records(settings.out)
     rows = []
     for cell in cells:
         try:
-            status, _ = state(cell, options)
+            status, _ = state(cell, settings)
         except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
-            status = f"cannot run: {exc}"
-        estimate = estimated_seconds(cell, records, options)
-        rows.append({"cell": cell.name, "state": status, "estimated_s": estimate,
-                     "command": "evalsuite " + " ".join(cell.argv(options))})
+            status = f"cannot run: {cell.error or exc}"
+        rows.append({"cell": cell.name, "state": status, "estimated_s": estimated_seconds(cell.spec, records),
+                     "cell_json": json.dumps(cell.spec.to_dict(), sort_keys=True) if cell.spec else None})
     return rows

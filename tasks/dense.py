@@ -635,7 +635,6 @@ class DenseParams(Params):
     placement: str = param("pixio", "windows at 0, stride, … zero-padded (pixio) | the last flush with the end (flush)",
                            choices=("pixio", "flush"))
     flip_tta: bool = param(False, "average with the prediction of the flipped image")
-    checkpoint_interval: int = param(0, "iterations between checkpoints (0: at the end)", min=0, operational=True)
 
     def check(self) -> None:
         if (self.epochs is None) == (self.iterations is None):
@@ -679,7 +678,7 @@ def run_dense(backbone: Backbone, cfg: TaskConfig, ctx: RunContext, target: Dens
                          lr=p.lr, weight_decay=p.weight_decay, schedule=schedule, grad_clip=p.grad_clip,
                          betas=(0.95, 0.999) if p.beta1_cycle else (0.9, 0.999),
                          beta1_schedule=engine.one_cycle_momentum(iters) if p.beta1_cycle else None,
-                         work_dir=work_dir, seed=ctx.seed, resume=True, checkpoint_interval=p.checkpoint_interval,
+                         work_dir=work_dir, seed=ctx.seed, resume=True, checkpoint_interval=ctx.checkpoint_interval,
                          amp_dtype=ctx.amp_dtype)
     metrics, samples = evaluate(model, target, test_base, p, pre, ctx, n_out)
     out = [Metric(name, value, cfg.protocol.report_split, name in target.higher_is_better,

@@ -61,13 +61,15 @@ def run_cli_record(args: list[str], out, processes: int = 1, port: int = 29540) 
 
 
 def ok_record(run_id: str, task: str, label: str, metric: str, value: float, *, data: str = "mini",
-              higher_is_better: bool = True, **fields):
-    """A finished record of one primary metric (``fields``: per_sample, dataset_samples, finished_at…)."""
+              higher_is_better: bool = True, variant: dict | None = None, **fields):
+    """A finished record of one primary metric (``fields``: per_sample, dataset_samples, finished_at…);
+    ``variant``: its score-affecting values that differ from the protocol's defaults."""
     from evalsuite.records import RunRecord
 
     base = dict(run_id=run_id, cell_key=run_id.ljust(16, "0"), status="ok", started_at="t0",
                 finished_at="2026-01-01T00:00:00", evalsuite_version="0", git_sha=None, git_dirty=None,
-                task={"name": task.split("/")[0], "label": task, "version": 1, "tolerance": 0.5},
+                task={"name": task.split("/")[0], "label": task, "version": 1, "tolerance": 0.5,
+                      "variant": dict(variant or {})},
                 data={"source": data, "world": "seed0-small" if data == "mini" else "", "root": "/x", "identity": "abc"},
                 backbone={"name": label.split("@")[0], "label": label, "weights": "random"}, seed=0,
                 metrics=[{"name": metric, "value": value, "split": "val", "higher_is_better": higher_is_better,

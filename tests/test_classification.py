@@ -102,12 +102,12 @@ def test_grid_is_the_dinov2_grid():
 
 def test_logreg_protocol_is_a_consistent_reference(tmp_path):
     """The trusted slow reference, the sweep and MAE's probe agree on a random tiny backbone's mini features."""
-    from evalsuite.runner import run_cell
+    from evalsuite.runner import evaluate
 
     out = {}
     for protocol in ("logreg", "linear", "mae-linear"):
-        rec = run_cell("mae-tiny", "imagenet", weights="random", data="mini", params={"protocol": protocol},
-                       out_dir=tmp_path).record
+        rec = evaluate("mae-tiny", "imagenet", weights="random", data="mini", params={"protocol": protocol},
+                       out=tmp_path).record
         out[protocol] = {m["name"]: m["value"] for m in rec.metrics}
         assert rec.task["label"] == f"imagenet/{protocol}"
         scores = rec.per_sample["top1"]  # per-image top-1: one score per val image, mean = top-1

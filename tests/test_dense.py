@@ -77,8 +77,8 @@ def test_heads_output_shapes(head, n_layers):
         assert out.min() >= 1e-3 and out.max() <= 10.0  # an expectation over bin centres
 
 
-def _ctx(tmp_path, name):
-    return mini_ctx(name, tmp_path / "work")
+def _ctx(tmp_path, name, **settings):
+    return mini_ctx(name, tmp_path / "work", **settings)
 
 
 @pytest.mark.parametrize("task, params", [("nyuv2", {"head": "dpt"}), ("ade20k", {"head": "linear"})])
@@ -100,8 +100,8 @@ def _seeded_backbone():
 def test_resume_after_kill_gives_identical_metrics(tmp_path, monkeypatch):
     from mmengine.runner.loops import IterBasedTrainLoop
 
-    params = {"head": "linear", "epochs": 2, "checkpoint_interval": 4, "window": 256, "stride": 256}
-    straight = run_protocol("ade20k", _seeded_backbone(), params, _ctx(tmp_path / "a", "ade20k-mini"))
+    params = {"head": "linear", "epochs": 2, "window": 256, "stride": 256}
+    straight = run_protocol("ade20k", _seeded_backbone(), params, _ctx(tmp_path / "a", "ade20k-mini", checkpoint_interval=4))
     real = IterBasedTrainLoop.run_iter
 
     def dying(self, data_batch):
@@ -111,10 +111,10 @@ def test_resume_after_kill_gives_identical_metrics(tmp_path, monkeypatch):
 
     monkeypatch.setattr(IterBasedTrainLoop, "run_iter", dying)
     with pytest.raises(KeyboardInterrupt):
-        run_protocol("ade20k", _seeded_backbone(), params, _ctx(tmp_path / "b", "ade20k-mini"))
+        run_protocol("ade20k", _seeded_backbone(), params, _ctx(tmp_path / "b", "ade20k-mini", checkpoint_interval=4))
     assert (tmp_path / "b" / "work" / "iter_4.pth").is_file()
     monkeypatch.setattr(IterBasedTrainLoop, "run_iter", real)
-    resumed = run_protocol("ade20k", _seeded_backbone(), params, _ctx(tmp_path / "b", "ade20k-mini"))
+    resumed = run_protocol("ade20k", _seeded_backbone(), params, _ctx(tmp_path / "b", "ade20k-mini", checkpoint_interval=4))
     a = {m.name: m.value for m in straight.metrics}
     b = {m.name: m.value for m in resumed.metrics}
     assert a == pytest.approx(b, abs=1e-6)

@@ -13,7 +13,7 @@ from conftest import mini_ctx
 from evalsuite.leaderboard import paired_bootstrap
 from evalsuite.mini import ensure_mini
 from evalsuite.registry import TASKS
-from evalsuite.runner import run_cell
+from evalsuite.runner import evaluate
 from tasks.ff3d.data import BENCHMARK_SEED, Frame, benchmark_sets, camera_geometry, crop_resize, random_walk, sample_view_indices
 from tasks.ff3d.metrics import inlier_ratio, rel_error, set_metrics
 
@@ -175,7 +175,7 @@ FAST = {"epochs": 2, "sets_per_scene": 4}
 
 @pytest.mark.parametrize("backbone", ["pixio-tiny", "pixelbert-r18"])
 def test_ff3d_runs_on_mini_for_a_vit_and_a_cnn(tmp_path, backbone):
-    rec = run_cell(backbone, "ff3d", weights="random", data="mini", params=FAST, out_dir=tmp_path).record
+    rec = evaluate(backbone, "ff3d", weights="random", data="mini", params=FAST, out=tmp_path).record
     assert rec.status == "ok" and rec.task["label"] == "ff3d/probe/wai/2"
     metrics = {m["name"]: m["value"] for m in rec.metrics}
     assert set(metrics) == {"metric_scale_abs_rel", "pointmaps_abs_rel", "pointmaps_inlier_thres_103", "pose_ate_rmse",
@@ -185,7 +185,7 @@ def test_ff3d_runs_on_mini_for_a_vit_and_a_cnn(tmp_path, backbone):
 
 
 def test_a_monocular_probe_reports_points_and_depth(tmp_path):
-    rec = run_cell("pixio-tiny", "ff3d", weights="random", data="mini", params={**FAST, "views": 1}, out_dir=tmp_path).record
+    rec = evaluate("pixio-tiny", "ff3d", weights="random", data="mini", params={**FAST, "views": 1}, out=tmp_path).record
     names = {m["name"] for m in rec.metrics}
     assert "pointmaps_abs_rel" in names and "z_depth_abs_rel" in names and "pose_auc_5" not in names
 
@@ -272,7 +272,7 @@ def test_more_views_than_frames_is_refused(tmp_path):
     from evalsuite.runner import RunFailed
 
     with pytest.raises(RunFailed, match="has 6 frames, fewer than views=9"):
-        run_cell("pixio-tiny", "ff3d", weights="random", data="mini", params={**FAST, "views": 9}, out_dir=tmp_path)
+        evaluate("pixio-tiny", "ff3d", weights="random", data="mini", params={**FAST, "views": 9}, out=tmp_path)
 
 
 def test_mini_scene_meta_is_in_the_wai_layout():

@@ -12,7 +12,7 @@ from evalsuite.checkpoints import create_backbone
 from evalsuite.environment import seed_everything
 from evalsuite.finetune import keyed_global_rng, layer_id, param_groups, select_trainable
 from evalsuite.mini import ensure_mini
-from evalsuite.runner import run_cell
+from evalsuite.runner import evaluate
 from tasks.imagenet.data import labelled_rows, load_split
 from tasks.imagenet.finetune import posterize_keeping_zero_bits
 
@@ -128,8 +128,8 @@ def test_missing_subset_file_and_diverged_fine_tune_fail_loudly(tmp_path):
 
 
 def test_linear_seeds_record_mean_and_std(tmp_path):
-    rec = run_cell("mae-tiny", "imagenet", weights="random", data="mini",
-                   params={"protocol": "linear", "seeds": 3, "epochs": 5}, out_dir=tmp_path).record
+    rec = evaluate("mae-tiny", "imagenet", weights="random", data="mini",
+                   params={"protocol": "linear", "seeds": 3, "epochs": 5}, out=tmp_path).record
     top1 = next(m for m in rec.metrics if m["name"] == "top1")
     per_seed = [r["top1"] for r in rec.selected["per_seed"]]
     assert [r["seed"] for r in rec.selected["per_seed"]] == [0, 1, 2]
@@ -141,8 +141,8 @@ FAST = {"label_fraction": 0.25, "epochs": 1, "batch_size": 16}
 
 @pytest.mark.parametrize("protocol, extra", [("finetune", {}), ("partial-ft", {"blocks": 2}), ("ln-ft", {})])
 def test_end_to_end_protocols_run_on_mini(tmp_path, protocol, extra):
-    rec = run_cell("mae-tiny", "imagenet", weights="random", data="mini", params={"protocol": protocol, **FAST, **extra},
-                   out_dir=tmp_path).record
+    rec = evaluate("mae-tiny", "imagenet", weights="random", data="mini", params={"protocol": protocol, **FAST, **extra},
+                   out=tmp_path).record
     assert rec.status == "ok" and rec.task["label"] == f"imagenet/{protocol}"
     metrics = {m["name"]: m["value"] for m in rec.metrics}
     assert 0 <= metrics["top1"] <= metrics["top5"] <= 100
@@ -156,8 +156,8 @@ def test_end_to_end_protocols_run_on_mini(tmp_path, protocol, extra):
     assert rec.selected["labelled_images"] == 90 and rec.selected["iterations"] == 90 // 16
 
 
-def _ctx(path):
-    return mini_ctx("imagenet-mini", path / "work")
+def _ctx(path, **settings):
+    return mini_ctx("imagenet-mini", path / "work", **settings)
 
 
 def _final_state(path):
@@ -170,10 +170,10 @@ def test_finetune_resume_after_kill_ends_in_the_same_state(tmp_path, monkeypatch
     RandAugment, random erasing, mixup/cutmix and drop-path all drawing random numbers."""
     from mmengine.runner.loops import IterBasedTrainLoop
 
-    params = {"protocol": "finetune", "label_fraction": 0.25, "epochs": 2, "batch_size": 16, "checkpoint_interval": 5,
+    params = {"protocol": "finetune", "label_fraction": 0.25, "epochs": 2, "batch_size": 16,
               "drop_path": 0.2}
     seed_everything(0)
-    straight = run_protocol("imagenet", create_backbone("mae-tiny", "random"), params, _ctx(tmp_path / "a"))
+    straight = run_protocol("imagenet", create_backbone("mae-tiny", "random"), params, _ctx(tmp_path / "a", checkpoint_interval=5))
     real = IterBasedTrainLoop.run_iter
 
     def dying(self, data_batch):
@@ -184,11 +184,11 @@ def test_finetune_resume_after_kill_ends_in_the_same_state(tmp_path, monkeypatch
     monkeypatch.setattr(IterBasedTrainLoop, "run_iter", dying)
     seed_everything(0)
     with pytest.raises(KeyboardInterrupt):
-        run_protocol("imagenet", create_backbone("mae-tiny", "random"), params, _ctx(tmp_path / "b"))
+        run_protocol("imagenet", create_backbone("mae-tiny", "random"), params, _ctx(tmp_path / "b", checkpoint_interval=5))
     assert (tmp_path / "b" / "work" / "seed-0" / "iter_5.pth").is_file()
     monkeypatch.setattr(IterBasedTrainLoop, "run_iter", real)
     seed_everything(0)
-    resumed = run_protocol("imagenet", create_backbone("mae-tiny", "random"), params, _ctx(tmp_path / "b"))
+    resumed = run_protocol("imagenet", create_backbone("mae-tiny", "random"), params, _ctx(tmp_path / "b", checkpoint_interval=5))
     a, b = _final_state(tmp_path / "a"), _final_state(tmp_path / "b")
     assert a["meta"]["iter"] == b["meta"]["iter"] == 10
     for key in a["state_dict"]:

@@ -287,12 +287,13 @@ def test_check_against_an_empty_baseline_fails(tmp_path, shared_cache):
 
 # 14. A truncated checkpoint left by a killed run is discarded, not resumed forever
 def test_a_truncated_checkpoint_in_the_work_dir_is_discarded(tmp_path):
+    from evalsuite.cell import CellSpec
     from evalsuite.runner import resolve_cell, work_dir_of
 
     out = tmp_path / "runs"
     params = ["-p", "epochs=1", "-p", "window=256", "-p", "stride=256", "--head", "linear"]
-    cell = resolve_cell("pixio-tiny", "ade20k", weights="random", data="mini", out_dir=out,
-                        params={"epochs": "1", "window": "256", "stride": "256", "head": "linear"})
+    cell = resolve_cell(CellSpec.build("pixio-tiny", "ade20k", weights="random", data="mini",
+                                       params={"epochs": "1", "window": "256", "stride": "256", "head": "linear"}), out)
     work = work_dir_of(out, cell)
     work.mkdir(parents=True)
     (work / "iter_4.pth").write_bytes(b"PK\x03\x04 truncated")

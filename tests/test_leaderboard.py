@@ -8,14 +8,15 @@ from conftest import ok_record
 from evalsuite.cli import app
 from evalsuite.leaderboard import check, compare, load_samples, load_tidy, pivots, record_world, render
 
-COLS = ["data", "world", "task", "backbone", "metric", "value", "higher_is_better", "primary", "tolerance", "seed", "weights",
+COLS = ["data", "world", "task", "label", "variant", "backbone", "metric", "value", "higher_is_better", "primary", "tolerance", "seed", "weights",
         "task_version", "finished_at", "split"]
 
 
 def frame(rows, world="seed0-small"):
     out = []
     for i, (data, task, backbone, metric, value, hib) in enumerate(rows):
-        out.append(dict(data=data, world=world if data == "mini" else "", task=task, backbone=backbone, metric=metric,
+        out.append(dict(data=data, world=world if data == "mini" else "", task=task, label=task, variant="",
+                        backbone=backbone, metric=metric,
                         value=value, higher_is_better=hib,
                         primary=True, tolerance=0.5, seed=0, weights="random", task_version=1,
                         finished_at=f"2026-01-01T00:00:{i:02d}", split="val"))

@@ -252,7 +252,8 @@ def test_quickstart_pretrains_once_then_evaluates_every_mini_task_next_to_random
     monkeypatch.setattr(quickstart, "pretrain", fake_pretrain)
     for _ in range(2):  # the second run finds the cached checkpoints
         calls = [(b, t, w, label) for b, t, w, label in
-                 quickstart.run(tmp_path, run_one=lambda b, t, weights, weights_label, **kw: (b, t, weights, weights_label))]
+                 quickstart.run(tmp_path, run_one=lambda spec, settings, progress: (spec.backbone, spec.task, spec.weights,
+                                                                                   spec.weights_label))]
     assert [c.backbone for c in trained] == ["pixio-tiny"]
     assert all(c.image_size == 64 and c.steps == 400 for c in trained)
     mini_tasks = [t for t in TASKS.names() if TASKS.get(t).mini_dataset]
@@ -268,7 +269,7 @@ def test_quickstart_leaves_out_a_task_whose_extra_is_missing_and_says_so(monkeyp
     monkeypatch.setattr(quickstart, "pretrain", lambda cfg, progress=None: None)
     monkeypatch.setattr(TASKS.get("metaworld"), "missing_extra", lambda: "needs the robot extra")
     said = []
-    tasks = {t for t, *_ in quickstart.run(tmp_path, run_one=lambda b, t, **kw: (t,),
+    tasks = {t for t, *_ in quickstart.run(tmp_path, run_one=lambda spec, settings, progress: (spec.task,),
                                            skipped=lambda task, reason: said.append((task, reason)))}
     assert "metaworld" not in tasks and "imagenet" in tasks and said == [("metaworld", "needs the robot extra")]
 
@@ -304,7 +305,7 @@ def test_quickstart_replays_on_another_mini_world_pretraining_data_included(monk
     monkeypatch.setenv("EVALSUITE_MINI_CACHE", str(tmp_path / "mini"))
     trained = []
     monkeypatch.setattr(quickstart, "pretrain", lambda cfg, progress=None: trained.append(cfg))
-    seeds = {kw["mini_seed"] for kw in quickstart.run(tmp_path, run_one=lambda *a, **kw: kw, mini_seed=3)}
+    seeds = {spec.data.mini_seed for spec in quickstart.run(tmp_path, run_one=lambda spec, *_: spec, mini_seed=3)}
     assert seeds == {3} and {c.mini_seed for c in trained} == {3}
     assert quickstart.pretrained_checkpoint(quickstart.PRETRAIN["pixio-tiny"]) != \
         quickstart.pretrained_checkpoint(replace(quickstart.PRETRAIN["pixio-tiny"], mini_seed=3))

@@ -260,12 +260,12 @@ def test_mae_probe_init_is_effectively_untruncated():
 
 # 11. DINOv2's linear grid on augmented images: the exact variant, recorded
 def test_linear_sweep_can_train_on_augmented_views_and_says_so(tmp_path):
-    from evalsuite.runner import run_cell
+    from evalsuite.runner import evaluate
 
-    rec = run_cell("mae-tiny", "imagenet", weights="random", data="mini", out_dir=tmp_path,
+    rec = evaluate("mae-tiny", "imagenet", weights="random", data="mini", out=tmp_path,
                    params={"protocol": "linear", "augment": "true", "epochs": 1, "batch_size": 128}).record
     assert rec.task["params"]["augment"] is True and rec.selected["training"].startswith("augmented")
-    cached = run_cell("mae-tiny", "imagenet", weights="random", data="mini", out_dir=tmp_path,
+    cached = evaluate("mae-tiny", "imagenet", weights="random", data="mini", out=tmp_path,
                       params={"protocol": "linear", "epochs": 1, "batch_size": 128}).record
     assert cached.cell_key != rec.cell_key and cached.selected["training"] == "cached centre-crop features"
 

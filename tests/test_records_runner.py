@@ -11,13 +11,12 @@ from evalsuite.data import DataNotFoundError, resolve_data_root
 from evalsuite.params import ParamError, Params, param
 from evalsuite.records import RunRecord, atomic_write_text, iter_records
 from evalsuite.registry import TASKS
-from evalsuite.runner import RunFailed, run_cell
+from evalsuite.runner import RunFailed, evaluate
 
 
 @dataclass(frozen=True)
 class ProbeParams(Params):
     mode: str = param("ok", "what the probe does", choices=("ok", "nan", "raise"))
-    interval: int = param(0, "an operational setting", min=0, operational=True)
 
 
 PROBE = Task("probe-test", version=3, family="test", dataset="probe", tolerance=0.1)
@@ -47,7 +46,7 @@ def probe_task():
 
 def _record(**changes):
     base = dict(run_id="r1", cell_key="k" * 64, status="ok", started_at="t0", finished_at="t1", evalsuite_version="0",
-                git_sha=None, git_dirty=None, task={"name": "x", "label": "x", "version": 1}, data={"source": "mini"},
+                git_sha=None, git_dirty=None, task={"name": "x", "label": "x", "version": 1, "variant": {}}, data={"source": "mini"},
                 backbone={"name": "b", "weights": "random"}, seed=0,
                 metrics=[{"name": "m", "value": 1.5, "split": "val", "higher_is_better": True, "primary": True, "std": None}])
     return RunRecord(**{**base, **changes})
@@ -108,7 +107,7 @@ def test_leftover_temp_files_are_never_read_as_records(tmp_path):
 def _run(tmp_path, **kw):
     data = tmp_path / "probe-data"
     data.mkdir(exist_ok=True)
-    return run_cell("pixio-tiny", "probe-test", data_root=data, out_dir=tmp_path / "runs", **kw)
+    return evaluate("pixio-tiny", "probe-test", data_root=data, out=tmp_path / "runs", **kw)
 
 
 def test_run_writes_record_and_skips_done_cell(tmp_path):

@@ -307,6 +307,7 @@ def test_a_multi_process_cell_is_another_cell(tmp_path):
     """A torchrun fine-tune draws per-process random streams and pairs mixup within each process: it is
     another computation, so its identity says how many processes ran it (a one-process record does
     not stand in for it, and the other way round)."""
+    from evalsuite.cell import CellSpec
     from evalsuite.runner import resolve_cell
 
     knn = ["--tasks", "imagenet", "--protocols", "knn", "--data", "mini", "--weights", "random"]
@@ -314,8 +315,8 @@ def test_a_multi_process_cell_is_another_cell(tmp_path):
     listed = cli("sweep", "-b", "mae-tiny", *knn, "--executor", "torchrun", "--processes", "2", "--dry-run", "-f", "json",
                  "--out", tmp_path / "runs")
     assert [r["state"] for r in json.loads(listed.output)] == ["todo"]
-    one, two = (resolve_cell("mae-tiny", "imagenet", weights="random", data="mini", protocol="knn", processes=n)
-                for n in (1, 2))
+    one, two = (resolve_cell(CellSpec.build("mae-tiny", "imagenet", weights="random", data="mini", protocol="knn",
+                                            processes=n)) for n in (1, 2))
     assert one.key != two.key
 
 
@@ -411,13 +412,15 @@ def test_sigterm_leaves_no_record_sigkill_an_unfinished_one_and_both_resume(tmp_
     import sys
     import time
 
+    from evalsuite.cell import CellSpec
     from evalsuite.runner import resolve_cell, work_dir_of
 
     out = tmp_path / "runs"
-    params = {"head": "linear", "epochs": "4", "checkpoint_interval": "1", "window": "256", "stride": "256"}
-    args = ["run", "-b", "pixio-tiny", "-t", "ade20k", "--data", "mini", "--weights", "random", "--out", str(out)]
+    params = {"head": "linear", "epochs": "4", "window": "256", "stride": "256"}
+    args = ["run", "-b", "pixio-tiny", "-t", "ade20k", "--data", "mini", "--weights", "random", "--out", str(out),
+            "--checkpoint-interval", "1"]
     args += [a for k, v in params.items() for a in ("-p", f"{k}={v}")]
-    cell = resolve_cell("pixio-tiny", "ade20k", weights="random", data="mini", params=params, out_dir=out)
+    cell = resolve_cell(CellSpec.build("pixio-tiny", "ade20k", weights="random", data="mini", params=params), out)
     work = work_dir_of(out, cell)
     failed = cell.path.with_suffix(".failed.json")
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from evalsuite.registry import TASKS
-from evalsuite.runner import RunFailed, run_cell
+from evalsuite.runner import RunFailed, evaluate
 
 pytest.importorskip("metaworld", reason="the robot extra (pip install -e '.[robot]') is part of the test install")
 
@@ -104,15 +104,15 @@ def test_cortexbench_fusion_history_policy_and_evaluation_epochs():
 
 def test_bc_on_privileged_state_solves_the_mini_task(tmp_path):
     """The BC pipeline itself works: with MetaWorld's state as input it reaches high success."""
-    rec = run_cell("mae-tiny", "metaworld", weights="random", data="mini", params={"observation": "state"},
-                   out_dir=tmp_path).record
+    rec = evaluate("mae-tiny", "metaworld", weights="random", data="mini", params={"observation": "state"},
+                   out=tmp_path).record
     success = {m["name"]: m["value"] for m in rec.metrics}
     assert success["success"] >= 80 and rec.selected["expert_success"][TASK] == 1.0
 
 
 def test_metaworld_runs_on_mini_with_a_record_per_task_and_the_average(tmp_path):
-    rec = run_cell("pixio-tiny", "metaworld", weights="random", data="mini", params={"eval_episodes": 2},
-                   out_dir=tmp_path).record
+    rec = evaluate("pixio-tiny", "metaworld", weights="random", data="mini", params={"eval_episodes": 2},
+                   out=tmp_path).record
     names = {m["name"] for m in rec.metrics}
     assert {"success", "success_max", f"success_{TASK}"} <= names and rec.task["label"] == "metaworld/bc"
     assert len(rec.per_sample["success"]) == 2 and set(rec.per_sample["success"]) <= {0.0, 100.0}
@@ -140,10 +140,10 @@ def test_expert_pickles_load_numpy_only(tmp_path):
 
 def test_bad_robot_input_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="Did you mean 'drawer-open'"):
-        run_cell("pixio-tiny", "metaworld", weights="random", data="mini", params={"tasks": "drawer-opn"}, out_dir=tmp_path)
+        evaluate("pixio-tiny", "metaworld", weights="random", data="mini", params={"tasks": "drawer-opn"}, out=tmp_path)
     monkeypatch.setitem(sys.modules, "metaworld", None)  # as if the extra were not installed
     with pytest.raises(ValueError, match=r"pip install -e '.\[robot\]'"):
-        run_cell("pixio-tiny", "metaworld", weights="random", data="mini", out_dir=tmp_path)
+        evaluate("pixio-tiny", "metaworld", weights="random", data="mini", out=tmp_path)
 
 
 def test_a_rollout_that_raises_fails_the_run(tmp_path, monkeypatch):
@@ -152,5 +152,5 @@ def test_a_rollout_that_raises_fails_the_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Env, "step", broken)
     with pytest.raises(RunFailed, match="simulation unstable"):
-        run_cell("mae-tiny", "metaworld", weights="random", data="mini", params={"observation": "state"}, out_dir=tmp_path)
+        evaluate("mae-tiny", "metaworld", weights="random", data="mini", params={"observation": "state"}, out=tmp_path)
     assert not any(p.name.endswith(".json") and not p.name.endswith(".failed.json") for p in tmp_path.rglob("*"))

@@ -12,12 +12,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from evalsuite.cell import CellSpec
 from evalsuite.checkpoints import BackboneSpec
 from evalsuite.cli import app
 from evalsuite.contracts import Features
 from evalsuite.params import ParamError, parse_assignments
 from evalsuite.registry import BACKBONES, HEADS, TASKS, TEXT_ENCODERS
-from evalsuite.runner import resolve_cell, run_cell
+from evalsuite.runner import evaluate, resolve_cell
 
 
 # ---------------------------------------------------------------------------------------
@@ -61,8 +62,7 @@ def test_every_task_and_protocol_resolves_and_is_described(name):
             cfg = task.resolve(protocol=proto.name, mini=mini)
             assert cfg.protocol is proto and cfg.label.startswith(f"{name}/{proto.name}")
             values, identity = cfg.values(), cfg.identity()
-            assert set(cfg.operational()).isdisjoint(identity) and set(cfg.operational()) <= set(values)
-            assert set(identity) - {"protocol"} <= set(values)
+            assert set(identity) - {"protocol"} == set(values) and cfg.variant() == {}  # the defaults are no variant
             json.dumps(values)  # records hold plain values
         labels.add(task.resolve(protocol=proto.name).label)
         own = set(proto.params.field_names())
@@ -138,7 +138,7 @@ def test_show_prints_the_fully_resolved_protocol(monkeypatch):
                                       "-b", "pixio-h16"])
     assert result.exit_code == 0, result.output
     for text in ("nyuv2/pixio/dpt", "features", "256", "lr", "0.0001", "epochs", "blocks (7, 15, 23, 31)",
-                 "final norm on", "CLS mean", "squash to 256×256", "checkpoint_interval (operational)"):
+                 "final norm on", "CLS mean", "squash to 256×256"):
         assert text in result.output, text
     as_json = CliRunner().invoke(app, ["show", "imagenet", "--protocol", "knn", "--json"])
     parsed = json.loads(as_json.output)
@@ -152,7 +152,7 @@ def test_show_prints_the_fully_resolved_protocol(monkeypatch):
 # ---------------------------------------------------------------------------------------
 def test_a_fine_tune_default_does_not_invalidate_a_knn_cell(tmp_path, monkeypatch):
     def keys():
-        return {p: resolve_cell("mae-tiny", "imagenet", weights="random", data="mini", protocol=p, out_dir=tmp_path).key
+        return {p: resolve_cell(CellSpec.build("mae-tiny", "imagenet", weights="random", data="mini", protocol=p), tmp_path).key
                 for p in ("knn", "finetune")}
 
     before = keys()
@@ -172,9 +172,9 @@ def test_an_operational_setting_skips_a_finished_cell_and_resumes_a_killed_one(t
     from mmengine.runner.loops import IterBasedTrainLoop
 
     out = tmp_path / "runs"
-    common = dict(weights="random", data="mini", out_dir=out)
+    common = dict(weights="random", data="mini", out=out)
     params = {"head": "linear", "epochs": 2, "window": 256, "stride": 256}
-    straight = run_cell("pixio-tiny", "ade20k", params={**params, "checkpoint_interval": 4}, out_dir=tmp_path / "a",
+    straight = evaluate("pixio-tiny", "ade20k", params=params, checkpoint_interval=4, out=tmp_path / "a",
                         weights="random", data="mini")
     real, ran = IterBasedTrainLoop.run_iter, []
 
@@ -185,7 +185,7 @@ def test_an_operational_setting_skips_a_finished_cell_and_resumes_a_killed_one(t
 
     monkeypatch.setattr(IterBasedTrainLoop, "run_iter", dying)
     with pytest.raises(KeyboardInterrupt):
-        run_cell("pixio-tiny", "ade20k", params={**params, "checkpoint_interval": 4}, **common)
+        evaluate("pixio-tiny", "ade20k", params=params, checkpoint_interval=4, **common)
 
     def counting(self, data_batch):
         ran.append(self._iter)
@@ -193,12 +193,12 @@ def test_an_operational_setting_skips_a_finished_cell_and_resumes_a_killed_one(t
 
     monkeypatch.setattr(IterBasedTrainLoop, "run_iter", counting)
     # another checkpoint interval, batch size and worker count: the same cell, resumed from its work dir
-    resumed = run_cell("pixio-tiny", "ade20k", params={**params, "checkpoint_interval": 2}, batch_size=7, **common)
+    resumed = evaluate("pixio-tiny", "ade20k", params=params, checkpoint_interval=2, batch_size=7, **common)
     assert ran and ran[0] == 4 and resumed.record.cell_key == straight.record.cell_key
     assert {m["name"]: m["value"] for m in resumed.record.metrics} == pytest.approx(
         {m["name"]: m["value"] for m in straight.record.metrics}, abs=1e-6)
-    assert resumed.record.task["params"]["checkpoint_interval"] == 2 and resumed.record.settings["batch_size"] == 7
-    skipped = run_cell("pixio-tiny", "ade20k", params={**params, "checkpoint_interval": 8}, batch_size=3, **common)
+    assert resumed.record.settings["checkpoint_interval"] == 2 and resumed.record.settings["batch_size"] == 7
+    skipped = evaluate("pixio-tiny", "ade20k", params=params, checkpoint_interval=8, batch_size=3, **common)
     assert skipped.skipped and skipped.path == resumed.path
 
 

@@ -32,13 +32,14 @@ def sweep_cmd(out, *args):
 
 
 def records(out):
-    return sorted(p for p in out.rglob("*.json") if not p.name.endswith(".failed.json") and ".work" not in p.parts)
+    return sorted(p for p in out.rglob("*.json")
+                  if not p.name.endswith(".failed.json") and not any(part.startswith(".") for part in p.relative_to(out).parts))
 
 
 def test_the_plan_is_the_product_and_a_protocol_no_task_has_is_refused():
     cells = plan(["pixio-tiny", "mae-tiny"], ["imagenet", "nyuv2"], ["knn", "pixio"], seeds=2, weights=["random"])
     assert len(cells) == 2 * 2 * 2  # imagenet×knn and nyuv2×pixio, two seeds, two backbones
-    assert {(c.task, c.protocol) for c in cells} == {("imagenet", "knn"), ("nyuv2", "pixio")}
+    assert {(c.spec.task, c.spec.protocol) for c in cells} == {("imagenet", "knn"), ("nyuv2", "pixio")}
     with pytest.raises(ValueError, match="task ade20k has none of the protocols knn"):
         plan(["pixio-tiny"], ["ade20k"], ["knn"])
 
@@ -58,8 +59,8 @@ def test_a_killed_sweep_resumes_done_cells_skipped(tmp_path):
     assert len(records(out)) == 1
     done = subprocess.run(sweep_cmd(out, *args), env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "skipped (done)  mae-tiny @ random × imagenet/linear · seed 0" in done.stdout
-    assert "ok  mae-tiny @ random × imagenet/linear · seed 1" in done.stdout
+    assert "skipped (done)  mae-tiny @ random × imagenet/linear epochs=10 · seed 0" in done.stdout
+    assert "ok  mae-tiny @ random × imagenet/linear epochs=10 · seed 1" in done.stdout
     assert len(records(out)) == 2
 
 
@@ -90,7 +91,7 @@ def test_dry_run_lists_states_and_costs_from_finished_records(tmp_path):
     listed = runner.invoke(app, ["sweep", "-b", "mae-tiny", *KNN, "--seeds", "2", "--out", str(out), "--dry-run", "-f", "json"])
     rows = json.loads(listed.output)
     assert [r["state"] for r in rows] == ["done", "todo"]
-    assert rows[1]["estimated_s"] > 0 and rows[1]["command"].startswith("evalsuite run -b mae-tiny -t imagenet --seed 1")
+    assert rows[1]["estimated_s"] > 0 and json.loads(rows[1]["cell_json"])["seed"] == 1
 
 
 def test_torchrun_and_submitit_executors_give_the_local_records(tmp_path):

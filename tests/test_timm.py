@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from evalsuite.checkpoints import CheckpointError, create_backbone
 from evalsuite.registry import UnknownNameError
-from evalsuite.runner import run_cell
+from evalsuite.runner import evaluate
 
 
 def test_vit_features_equal_timms_own_and_registers_never_leave(tmp_path):
@@ -49,9 +49,9 @@ def test_an_unknown_timm_model_suggests_names_and_offline_defaults_say_where_wei
 
 def test_timm_models_run_frozen_tasks_on_the_mini_world(tmp_path):
     """A CNN through the global-feature path (k-NN), a ViT through the dense path at 128-px crops."""
-    knn = run_cell("timm:convnext_atto", "imagenet", weights="random", data="mini", params={"protocol": "knn"},
-                   out_dir=tmp_path).record
+    knn = evaluate("timm:convnext_atto", "imagenet", weights="random", data="mini", params={"protocol": "knn"},
+                   out=tmp_path).record
     assert knn.status == "ok" and knn.backbone["label"] == "timm:convnext_atto"
-    depth = run_cell("timm:vit_tiny_patch16_224", "nyuv2", weights="random", data="mini", out_dir=tmp_path,
+    depth = evaluate("timm:vit_tiny_patch16_224", "nyuv2", weights="random", data="mini", out=tmp_path,
                      params={"protocol": "pixio", "head": "linear", "epochs": 1}).record
     assert depth.status == "ok" and len(depth.per_sample["d1"]) > 0

@@ -17,7 +17,7 @@ from evalsuite.cli import app
 from evalsuite.leaderboard import as_task, compare, load_samples, load_tidy
 from evalsuite.metrics import official_round, retrieval_recall, vqa_accuracy, vqa_normalise, vqa_question_accuracy
 from evalsuite.mini import ensure_mini
-from evalsuite.runner import RunFailed, run_cell
+from evalsuite.runner import RunFailed, evaluate
 from tasks.vqa_retrieval.protocols import VQA_MINI
 
 
@@ -111,7 +111,7 @@ QUICK = {"epochs": 2}
 
 @pytest.mark.parametrize("backbone", ["pixio-tiny", "pixelbert-r18"])
 def test_vqa_runs_on_mini_for_a_vit_and_a_cnn(tmp_path, backbone):
-    rec = run_cell(backbone, "vqa", weights="random", data="mini", params=QUICK, out_dir=tmp_path).record
+    rec = evaluate(backbone, "vqa", weights="random", data="mini", params=QUICK, out=tmp_path).record
     assert rec.status == "ok" and rec.task["label"] == "vqa/adapter/scratch/paired"
     metrics = {m["name"]: m["value"] for m in rec.metrics}
     assert set(metrics) == {"accuracy", "accuracy_yes_no", "accuracy_number", "accuracy_other"}
@@ -123,13 +123,13 @@ def test_vqa_runs_on_mini_for_a_vit_and_a_cnn(tmp_path, backbone):
 def test_a_cold_and_a_warm_feature_cache_give_the_same_number(tmp_path):
     """Extraction must not draw from the global RNG, or the adapter's initialisation after a cold cache
     differs from the one after a warm read (measured: 53.25 vs 58.25 % on vqa-mini before the fix)."""
-    cold = run_cell("pixio-tiny", "vqa", weights="random", data="mini", params=QUICK, out_dir=tmp_path).record
-    warm = run_cell("pixio-tiny", "vqa", weights="random", data="mini", params=QUICK, out_dir=tmp_path, force=True).record
+    cold = evaluate("pixio-tiny", "vqa", weights="random", data="mini", params=QUICK, out=tmp_path).record
+    warm = evaluate("pixio-tiny", "vqa", weights="random", data="mini", params=QUICK, out=tmp_path, force=True).record
     assert cold.run_id != warm.run_id and cold.metrics == warm.metrics and cold.per_sample == warm.per_sample
 
 
 def test_retrieval_runs_on_mini_with_both_scorers(tmp_path):
-    rec = run_cell("pixelbert-r18", "retrieval", weights="random", data="mini", params=QUICK, out_dir=tmp_path).record
+    rec = evaluate("pixelbert-r18", "retrieval", weights="random", data="mini", params=QUICK, out=tmp_path).record
     metrics = {m["name"]: m["value"] for m in rec.metrics}
     assert rec.status == "ok" and next(m["name"] for m in rec.metrics if m["primary"]) == "itm_rsum"
     assert {f"{s}_{d}_r{k}" for s in ("itm", "itc") for d in ("tr", "ir") for k in (1, 5, 10)} <= set(metrics)
@@ -140,7 +140,7 @@ def test_a_retrieval_adapter_beats_its_shuffled_image_control_by_the_interval(tm
     """Paired images against a derangement of them: everything else identical, so the gain is what the
     adapter read from the images; the paired bootstrap over test images must exclude zero."""
     for images in ("paired", "shuffled"):
-        run_cell("pixio-tiny", "retrieval", weights="random", data="mini", params={"images": images}, out_dir=tmp_path)
+        evaluate("pixio-tiny", "retrieval", weights="random", data="mini", params={"images": images}, out=tmp_path)
     frame = load_tidy(tmp_path)
     samples = load_samples(tmp_path, frame)
     side_a = as_task(frame, samples, "retrieval/adapter/mini/scratch/shuffled", "control → model")
@@ -156,11 +156,11 @@ def test_a_pixelbert_checkpoint_brings_its_own_text_encoder(tmp_path):
 
     pretrain(PretrainConfig(backbone="pixelbert-r18", data="mini", steps=2, batch_size=8, out=str(tmp_path / "pt")))
     ckpt = tmp_path / "pt" / "checkpoint.pth"
-    rec = run_cell("pixelbert-r18", "vqa", weights=str(ckpt), data="mini", out_dir=tmp_path / "runs",
+    rec = evaluate("pixelbert-r18", "vqa", weights=str(ckpt), data="mini", out=tmp_path / "runs",
                    params={"protocol": "finetune", "text": "checkpoint", "epochs": 1}).record
     assert rec.status == "ok" and rec.task["label"] == "vqa/finetune/checkpoint/paired"
     with pytest.raises(RunFailed, match="has random weights: text=checkpoint needs"):
-        run_cell("pixelbert-r18", "vqa", weights="random", data="mini", out_dir=tmp_path / "runs",
+        evaluate("pixelbert-r18", "vqa", weights="random", data="mini", out=tmp_path / "runs",
                  params={"text": "checkpoint", **QUICK})
 
 
@@ -175,7 +175,7 @@ def test_test_dev_answers_are_written_as_the_official_result_file(tmp_path):
         shutil.copy(src, root / "test2015" / f"COCO_test2015_{q['image_id']:012d}.jpg")
     (root / "v2_OpenEnded_mscoco_test-dev2015_questions.json").write_text(json.dumps(questions))
     small = {**VQA_MINI, "epochs": 2, "lr_steps": (1,), "test_dev": True}  # a folder gets the real defaults: BERT-base
-    result = run_cell("pixio-tiny", "vqa", weights="random", data_root=str(root), out_dir=tmp_path / "runs", params=small)
+    result = evaluate("pixio-tiny", "vqa", weights="random", data_root=str(root), out=tmp_path / "runs", params=small)
     (artifact,) = (tmp_path / "runs").rglob("vqa_OpenEnded_mscoco_test-dev2015_evalsuite_results.json")
     answers = json.loads(artifact.read_text())
     assert {a["question_id"] for a in answers} == {q["question_id"] for q in questions["questions"]}

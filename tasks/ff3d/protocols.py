@@ -79,7 +79,6 @@ class ProbeParams(Params):
     lr: float = param(1e-4, "AdamW learning rate", min=0, min_exclusive=True)
     weight_decay: float = param(0.05, "AdamW weight decay", min=0)
     warmup: float = param(0.05, "share of iterations with linear warm-up", min=0, max=1, max_exclusive=True)
-    checkpoint_interval: int = param(0, "iterations between checkpoints (0: at the end)", min=0, operational=True)
 
     def check(self) -> None:
         if self.dim % self.heads or self.dim % 4:
@@ -295,7 +294,7 @@ def probe_protocol(backbone: Backbone, cfg: TaskConfig, ctx: RunContext) -> Task
     schedule = engine.Schedule("cosine", iters, warmup_iters=int(p.warmup * iters), warmup_ratio=0.0)
     model = engine.train(probe_model(probe).to(ctx.device), sets, collate=collate, batch_size=batch, iters=iters, lr=p.lr,
                          weight_decay=p.weight_decay, schedule=schedule, work_dir=ctx.work_dir or tempfile.mkdtemp(),
-                         seed=ctx.seed, resume=True, checkpoint_interval=p.checkpoint_interval, amp_dtype=ctx.amp_dtype)
+                         seed=ctx.seed, resume=True, checkpoint_interval=ctx.checkpoint_interval, amp_dtype=ctx.amp_dtype)
     scores = evaluate(model.probe, test, test_feats, benchmark_sets(test_scenes, p.views, settings["threshold"]), ctx)
     keys = [k for k in KEYS if k in scores[0]]
     metrics = [Metric(k, float(np.mean([s[k] for s in scores])), "test", k in HIGHER_IS_BETTER,

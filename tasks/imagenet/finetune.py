@@ -166,7 +166,7 @@ def run_end_to_end(backbone: Backbone, p, trainable: str, ctx: RunContext, train
                                warmup_ratio=0.0, min_ratio=min(1.0, p.min_lr / lr))
     model = engine.train(model, trainset, collate=collate, batch_size=batch_size, iters=iters, lr=lr,
                          weight_decay=p.weight_decay, schedule=schedule, work_dir=work_dir, seed=seed, resume=True,
-                         checkpoint_interval=p.checkpoint_interval, amp_dtype=ctx.amp_dtype, param_groups=groups,
+                         checkpoint_interval=ctx.checkpoint_interval, amp_dtype=ctx.amp_dtype, param_groups=groups,
                          hooks=[iteration_seed_hook(seed, distributed.rank())])
     acc, hits = evaluate(model, val, ctx, batch_size=ctx.batch_size)
     trainable = sum(t.numel() for t in model.parameters() if t.requires_grad)

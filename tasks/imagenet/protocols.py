@@ -126,7 +126,6 @@ class FineTune(Labels):
     label_smoothing: float = param(0.1, "label smoothing", min=0, max=1, max_exclusive=True)
     randaug: str = param("rand-m9-mstd0.5-inc1", "timm RandAugment config ('' for none)")
     reprob: float = param(0.25, "random-erasing probability", min=0, max=1)
-    checkpoint_interval: int = param(0, "iterations between checkpoints (0: at the end)", min=0, operational=True)
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,6 @@ class AdapterParams(Params):
     lr: float = param(1e-4, "AdamW learning rate of the adapter", min=0, min_exclusive=True)
     weight_decay: float = param(0.01, "AdamW weight decay", min=0)
     warmup: float = param(0.05, "share of iterations with linear warm-up", min=0, max=1, max_exclusive=True)
-    checkpoint_interval: int = param(0, "iterations between checkpoints (0: at the end)", min=0, operational=True)
 
     def check(self) -> None:
         if self.text == "scratch" and self.hidden % self.heads:
@@ -301,7 +300,7 @@ def train(adapter: Adapter, dataset: Dataset, loss, p, ctx: RunContext, schedule
     model = engine.train(mmengine_model(adapter, loss).to(ctx.device), dataset, collate=collate, batch_size=batch,
                          iters=iters, lr=p.lr, weight_decay=p.weight_decay, schedule=schedule_for(iters),
                          work_dir=ctx.work_dir or tempfile.mkdtemp(), seed=ctx.seed, resume=True,
-                         checkpoint_interval=p.checkpoint_interval, amp_dtype=ctx.amp_dtype, param_groups=groups)
+                         checkpoint_interval=ctx.checkpoint_interval, amp_dtype=ctx.amp_dtype, param_groups=groups)
     adapter = model.adapter
     adapter.eval()
     return adapter
