@@ -584,7 +584,9 @@ def show(
         _fail(str(exc))
     reads = _resolved_reads(cfg, model)
     if as_json:
-        sys.stdout.write(json.dumps({"task": cfg.record(), "identity": cfg.identity(), **reads}, indent=1, default=str) + "\n")
+        sources = {key: cfg.source(key) for key in cfg.values()}
+        sys.stdout.write(json.dumps({"task": cfg.record(), "identity": cfg.identity(), "sources": sources, **reads}, indent=1,
+                                    default=str) + "\n")
         return
     proto = cfg.protocol
     console.print(f"[bold]{cfg.label}[/] (v{cfg.version}) — {proto.description}", highlight=False, soft_wrap=True)
@@ -592,15 +594,15 @@ def show(
                   f"{proto.selection_split} · report: {proto.report_split}" + (" · mini-world values" if cfg.mini else ""),
                   highlight=False, soft_wrap=True)
     table = Table(title="parameters")
-    for col in ("owner", "name", "value", "default", "range", "help"):
+    for col in ("owner", "name", "value", "from", "default", "range", "help"):
         table.add_column(col, overflow="fold")
     owners = [(proto.name, cfg.params)] + [(f"{k} {cfg.params.to_dict().get(k, '')}", p) for k, p in cfg.components.items()]
     for owner, params in owners:
         for row in params.describe():
             value = getattr(params, row["name"])
             changed = value != row["default"]
-            table.add_row(owner, row["name"],
-                          f"[bold]{value}[/]" if changed else str(value), str(row["default"]), row["range"], row["help"])
+            table.add_row(owner, row["name"], f"[bold]{value}[/]" if changed else str(value), cfg.source(row["name"]),
+                          str(row["default"]), row["range"], row["help"])
     _print_table(table)
     for key, value in reads.items():
         console.print(f"{key}: {value}", highlight=False, soft_wrap=True)

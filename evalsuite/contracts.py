@@ -337,8 +337,13 @@ class Task:
         if inapplicable:
             raise ParamError(inapplicable)
         defaults: dict[str, Any] = {}
+        sources: dict[str, str] = {}
         for key, value in chosen.items():
-            defaults.update(proto.component_defaults.get(key, {}).get(value, {}))
+            preset = proto.component_defaults.get(key, {}).get(value, {})
+            defaults.update(preset)
+            sources.update({k: f"{key} {value} preset" for k in preset})
+        sources.update({k: "mini preset" for k in mini_values})
+        sources.update({k: "-p" for k in overrides})
         layered = {**defaults, **mini_values, **overrides}
         params = proto.params.build({k: v for k, v in layered.items() if k in own}, owner=f"{self.name}/{proto.name}")
         components = {}
@@ -346,7 +351,7 @@ class Task:
             names = set(cls.field_names())
             components[key] = cls.build({k: v for k, v in layered.items() if k in names and k not in own},
                                         owner=f"{key} {chosen[key]!r}")
-        return TaskConfig(task=self, protocol=proto, params=params, components=components, mini=mini)
+        return TaskConfig(task=self, protocol=proto, params=params, components=components, mini=mini, sources=sources)
 
     def data_source(self, data: str, data_root: str | Path | None, mini_size: str, mini_seed: int,
                     config: TaskConfig) -> DataSource:
@@ -393,6 +398,12 @@ class TaskConfig:
     params: Params
     components: Mapping[str, Params]
     mini: bool = False
+    # where each value that is not its field's default came from: "<component> <choice> preset",
+    # "mini preset" or "-p" (given: -p, a sweep's -p, a cell file); `evalsuite show` prints it
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def source(self, key: str) -> str:
+        return self.sources.get(key, "field default")
 
     # what the runner, records and leaderboards read
     @property

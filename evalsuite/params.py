@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
-import json
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, TypeVar
@@ -193,8 +192,9 @@ def _check_range(f: dataclasses.Field, value: Any) -> None:
 
 
 def keyword_overrides(fn: Callable, overrides: Mapping[str, Any], owner: str) -> dict[str, Any]:
-    """``overrides`` checked against ``fn``'s keyword parameters and coerced to their defaults' types
-    (for objectives, whose options are constructor keywords rather than a `Params` class)."""
+    """``overrides`` checked against ``fn``'s keyword parameters and coerced by `coerce` to the type of
+    each default (for objectives, whose options are constructor keywords rather than a `Params`
+    class): the same grammar and the same refusals as ``-p`` (``k=1e3`` for an int is no integer)."""
     signature = inspect.signature(fn)
     accepted = {name: p for name, p in signature.parameters.items()
                 if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is not p.empty}
@@ -204,20 +204,12 @@ def keyword_overrides(fn: Callable, overrides: Mapping[str, Any], owner: str) ->
             raise ParamError(f"{owner} has no option {key!r}.{suggest(key, list(accepted))} "
                              f"Known: {', '.join(sorted(accepted))}")
         default = accepted[key].default
-        if isinstance(value, str) and default is not None and not isinstance(default, str):
-            value = _coerce_like(value, default, key)
-        out[key] = value
+        out[key] = value if default is None else coerce(value, _kind_of(default), key)
     return out
 
 
-def _coerce_like(value: str, default: Any, key: str) -> Any:
+def _kind_of(default: Any) -> Any:
+    """The type a keyword's default stands for: ``(1, 2)`` is ``tuple[int, ...]``."""
     if isinstance(default, tuple):
-        return tuple(_coerce_like(v.strip(), default[0] if default else "", key) for v in value.strip("()[]").split(","))
-    if isinstance(default, bool):
-        return coerce(value, bool, key)
-    if isinstance(default, (int, float)):
-        number = coerce(value, float, key)
-        if isinstance(default, int) and number.is_integer() and "." not in value and "e" not in value.lower():
-            return int(number)
-        return number
-    return json.loads(value) if value[:1] in "[{" else value
+        return tuple[_kind_of(default[0]) if default else str, ...]  # type: ignore[misc]
+    return type(default) if isinstance(default, (bool, int, float, str)) else Any

@@ -186,7 +186,7 @@ def test_mini_data_run_as_real_lands_in_the_mini_table(tmp_path, shared_cache):
     (["--device", "foo"], "is not a device"),
     (["-p", "primary_k=7"], "primary_k=7 must be one of"),
     (["-p", "temperature=0"], "temperature=0.0 is out of range: needs 0 < x"),
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be an integer ≥ 1"),
     (["-p", "ks=ten"], "ks='ten'"),
 ])
 def test_bad_run_options_are_one_line(tmp_path, args, message):

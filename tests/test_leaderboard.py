@@ -8,8 +8,8 @@ from conftest import ok_record
 from evalsuite.cli import app
 from evalsuite.leaderboard import check, compare, load_samples, load_tidy, pivots, record_world, render
 
-COLS = ["data", "world", "task", "label", "variant", "backbone", "metric", "value", "higher_is_better", "primary", "tolerance", "seed", "weights",
-        "task_version", "finished_at", "split"]
+COLS = ["data", "world", "task", "label", "variant", "backbone", "metric", "value", "higher_is_better", "primary", "tolerance",
+        "seed", "weights", "task_version", "finished_at", "split"]
 
 
 def frame(rows, world="seed0-small"):
