@@ -23,8 +23,8 @@ def main() -> None:
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="sweep-overhead-"))
     os.environ.setdefault("EVALSUITE_FEATURE_CACHE", str(scratch / "features"))
-    from evalsuite.runner import evaluate
     from evalsuite.cell import DataSpec, RunSettings
+    from evalsuite.runner import evaluate
     from evalsuite.sweep import plan, run_sweep
 
     options = RunSettings(out=scratch / "runs")

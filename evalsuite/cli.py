@@ -42,12 +42,14 @@ def _progress():
 
 
 def _user_errors():
-    """The exceptions that mean "your input is wrong" (one line, exit 2), not "the run failed"."""
-    from .checkpoints import CheckpointError
-    from .data import DataNotFoundError
+    """The exceptions that mean "your input is wrong" (one line, exit 2), not "the run failed".
+    A checkpoint error can only be raised once its module is imported: looked up, not imported, so
+    that refusing a typo imports no torch."""
     from .registry import UnknownNameError
 
-    return (UnknownNameError, DataNotFoundError, CheckpointError, ValueError, FileNotFoundError)
+    checkpoints = sys.modules.get(f"{__package__}.checkpoints")
+    extra = (checkpoints.CheckpointError,) if checkpoints is not None else ()
+    return (UnknownNameError, ValueError, FileNotFoundError, *extra)
 
 
 def _run_one(spec, settings):

@@ -8,9 +8,10 @@ only in what this module returns.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:  # torch is imported where work starts: naming a cell (or refusing one) needs no torch
+    import torch
 
 
 def world_size() -> int:
@@ -32,6 +33,8 @@ def is_main_process() -> bool:
 
 def device() -> torch.device:
     """This process's device: ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU."""
+    import torch
+
     return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
 
 
@@ -39,6 +42,9 @@ def init() -> tuple[int, int]:
     """(rank, world size), initialising the default process group once when there are several
     processes. Done here, not by mmengine, because mmengine 0.10 calls ``torch.cuda.set_device``
     unconditionally, which fails on CPU-only machines (CI runs gloo)."""
+    import torch
+    import torch.distributed as dist
+
     world = world_size()
     if world > 1 and not dist.is_initialized():
         if torch.cuda.is_available():
@@ -50,6 +56,8 @@ def init() -> tuple[int, int]:
 def wrap_ddp(model: torch.nn.Module, mmengine: bool = False) -> torch.nn.Module:
     """``model`` on this process's device inside DistributedDataParallel (mmengine's wrapper for
     models trained by its Runner)."""
+    import torch
+
     init()
     dev = device()
     ids = [local_rank()] if dev.type == "cuda" else None
@@ -62,6 +70,8 @@ def wrap_ddp(model: torch.nn.Module, mmengine: bool = False) -> torch.nn.Module:
 
 def mean_over_processes(value: torch.Tensor) -> torch.Tensor:
     """The mean of ``value`` over all processes (itself with one process)."""
+    import torch.distributed as dist
+
     if world_size() == 1:
         return value
     value = value.clone()
@@ -70,5 +80,7 @@ def mean_over_processes(value: torch.Tensor) -> torch.Tensor:
 
 
 def barrier() -> None:
+    import torch.distributed as dist
+
     if world_size() > 1 and dist.is_initialized():
         dist.barrier()

@@ -198,3 +198,42 @@ def test_show_says_where_each_value_came_from():
     real, mini = sources(), sources("--data", "mini")
     assert real["epochs"] == mini["epochs"] == real["head"] == "-p"
     assert real["lr"] == "head dpt preset" and mini["lr"] == "mini preset" and real["weight_decay"] == "field default"
+
+
+# ---------------------------------------------------------------------------------------
+# A CLI that answers at once
+# ---------------------------------------------------------------------------------------
+NO_TORCH = """
+import sys
+from typer.testing import CliRunner
+from evalsuite.cli import app
+for argv in (["run", "-b", "pixio-h61", "-t", "nyuv2"], ["run", "-b", "pixio-h16", "-t", "nyvu2"]):
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2 and "Did you mean" in result.output, result.output
+assert "torch" not in sys.modules, "refusing a typo imported torch"
+"""
+
+
+def test_refusing_a_typo_imports_no_torch():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", NO_TORCH], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_registry_indexes_are_what_the_modules_register():
+    """Names are listed from the committed indexes; they must equal what importing the modules
+    registers (rewrite them with `python -m evalsuite.registry`)."""
+    import subprocess
+    import sys
+
+    script = ("import json; from evalsuite.registry import BACKBONES, TASKS, HEADS, build_index; "
+              "print(json.dumps({p: build_index(p, [BACKBONES, TASKS, HEADS]) for p in ('backbones', 'tasks')}))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    from importlib.resources import files
+
+    for package, index in json.loads(done.stdout.strip().splitlines()[-1]).items():
+        committed = json.loads(files(package).joinpath("registry-index.json").read_text())
+        assert committed == index, f"{package}/registry-index.json is stale: run `python -m evalsuite.registry`"
