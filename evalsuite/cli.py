@@ -17,12 +17,41 @@ data_app = typer.Typer(no_args_is_help=True, help="The offline mini world.")
 app.add_typer(data_app, name="data")
 cache_app = typer.Typer(no_args_is_help=True, help="The frozen-feature cache.")
 app.add_typer(cache_app, name="cache")
-score_app = typer.Typer(no_args_is_help=True, help="Score a result file with a task's official evaluator.")
+
+
+class TaskCommands(typer.core.TyperGroup):
+    """``evalsuite <verb> TASK …``: each task's own command for ``verb``, from `Task.commands`
+    (``evalsuite score vqa``): a family brings its commands without the CLI knowing its name."""
+
+    verb = ""
+
+    def list_commands(self, ctx) -> list[str]:
+        from .registry import TASKS
+
+        return [name for name in TASKS.names() if self.verb in TASKS.get(name).commands]
+
+    def get_command(self, ctx, name: str):
+        from .registry import TASKS
+
+        if name not in TASKS or self.verb not in TASKS.get(name).commands:
+            return None
+        one = typer.Typer()
+        one.command(name)(TASKS.get(name).commands[self.verb])
+        return typer.main.get_command(one)
+
+
+class ScoreCommands(TaskCommands):
+    verb = "score"
+
+
+score_app = typer.Typer(cls=ScoreCommands, no_args_is_help=True,
+                        help="Score a result file with a task's official evaluator (`evalsuite score TASK --help`).")
 app.add_typer(score_app, name="score")
 console = Console()
 err = Console(stderr=True)
 
-def _fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> None:
+    """One red line on stderr and the exit code (2: the input is wrong; 1: the work failed)."""
     from rich.markup import escape
 
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
@@ -59,11 +88,11 @@ def _run_one(spec, settings):
         with _progress() as progress, _warnings_to_stderr(), _interruptible():
             return run_cell(spec, settings, progress=progress)
     except KeyboardInterrupt:
-        _fail("interrupted: no record was written; run the same command again to resume from the cell's work dir", code=130)
+        fail("interrupted: no record was written; run the same command again to resume from the cell's work dir", code=130)
     except RunFailed as exc:
-        _fail(f"{exc} (record: {exc.path})", code=1)
+        fail(f"{exc} (record: {exc.path})", code=1)
     except _user_errors() as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @contextmanager
@@ -111,7 +140,7 @@ def _print_record(result) -> None:
         name = f"[bold]{m['name']}[/]" if m["primary"] else m["name"]
         value = f"{m['value']:.4g}" + (f" ± {m['std']:.2g}" if m.get("std") is not None else "")
         table.add_row(name, m["split"], value)
-    _print_table(table)
+    print_table(table)
     if rec.selected:
         console.print(f"selected: {rec.selected}", highlight=False)
     console.print(f"record: {result.path}", highlight=False)
@@ -156,12 +185,12 @@ def run(
                                               ("--protocol", protocol), ("--head", head), ("-p", param or None))
                      if value is not None]
             if given:
-                _fail(f"--cell names the whole cell: it excludes {', '.join(given)}")
+                fail(f"--cell names the whole cell: it excludes {', '.join(given)}")
             spec, shipped = read_cell_file(cell)
             settings = shipped or settings
         else:
             if backbone is None or task is None:
-                _fail("give --backbone and --task (or --cell FILE)")
+                fail("give --backbone and --task (or --cell FILE)")
             params: dict = parse_assignments(param)
             for key, value in (("head", head), ("blocks", blocks), ("label_fraction", label_fraction), ("seeds", seeds)):
                 if value is not None:
@@ -170,7 +199,7 @@ def run(
                                   weights_label=weights_label, data=data, data_root=data_root, mini_size=mini_size,
                                   mini_seed=mini_seed, seed=seed, processes=distributed.world_size())
     except _user_errors() as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _print_record(_run_one(spec, settings))
 
 
@@ -197,13 +226,13 @@ def leaderboard(
         latest(frame).to_csv(tidy_csv, index=False)
     tables, stds = pivots(frame), pivots(frame, "std")
     if not tables:
-        _fail(f"no finished results in {results}", code=1)
+        fail(f"no finished results in {results}", code=1)
     if format == "table":
         _print_pivots(tables, stds)
     elif format in ("csv", "md", "html"):
         sys.stdout.write(render(tables, format, stds) + "\n")
     else:
-        _fail(f"unknown format {format!r}: table|csv|md|html")
+        fail(f"unknown format {format!r}: table|csv|md|html")
 
 
 def _print_published(frame, path: Optional[Path], fmt: str) -> None:
@@ -212,9 +241,9 @@ def _print_published(frame, path: Optional[Path], fmt: str) -> None:
     try:
         table = beside_published(frame, load_published(path or PUBLISHED))
     except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if table.empty:
-        _fail("no real-data cell has a published number (same backbone with official weights, task label and metric); "
+        fail("no real-data cell has a published number (same backbone with official weights, task label and metric); "
               "mini-world cells never do", code=1)
     if _machine_output(table, fmt):
         return
@@ -227,7 +256,7 @@ def _print_published(frame, path: Optional[Path], fmt: str) -> None:
     for _, r in table.iterrows():
         out.add_row(r["backbone"], r["task"], r["metric"], format_cell(r["ours"], r["std"], ".4g"), f"{r['published']:.4g}",
                     f"{r['difference']:+.3g}", r["source"])
-    _print_table(out)
+    print_table(out)
 
 
 def _load_results(source: Path):
@@ -237,7 +266,7 @@ def _load_results(source: Path):
     try:
         frame = load_tidy(source)
     except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     for reason in frame.attrs.get("skipped", []):
         err.print(f"[yellow]warning:[/] skipped {reason}", highlight=False, soft_wrap=True)
     return frame
@@ -255,10 +284,11 @@ def _print_frame(frame, title: str, styles: dict | None = None) -> None:
             text = "—" if isinstance(v, float) and v != v else f"{v:.4g}" if isinstance(v, float) else str(v)
             cells.append(styles[col](v) if col in styles else text)
         out.add_row(*cells)
-    _print_table(out)
+    print_table(out)
 
 
-def _print_table(table: Table) -> None:
+def print_table(table: Table) -> None:
+    """A rich table for people on a terminal (stacked when too narrow), unwrapped and uncoloured off one."""
     needed = console.measure(table, options=console.options.update_width(100_000)).maximum  # unclamped
     if console.is_terminal:
         if needed > console.width:  # too narrow to show it unwrapped: stack the rows, never cut a number or name
@@ -292,7 +322,7 @@ def _machine_output(frame, fmt: str) -> bool:
     elif fmt == "json":
         sys.stdout.write(frame.to_json(orient="records", indent=1) + "\n")
     elif fmt != "table":
-        _fail(f"unknown format {fmt!r}: table|csv|json")
+        fail(f"unknown format {fmt!r}: table|csv|json")
     return fmt != "table"
 
 
@@ -312,7 +342,7 @@ def _print_pivots(tables, stds=None) -> None:
             for name, row in rows.iterrows():
                 out.add_row(name, *(format_cell(v, None if spread is None else spread.at[name, col], ".4g")
                                     for col, v in row.items()))
-            _print_table(out)
+            print_table(out)
 
 
 @app.command()
@@ -330,7 +360,7 @@ def compare(a: Path = typer.Argument(..., help="Results A (folder or CSV)."),
     from .leaderboard import compare as compare_frames
 
     if (task_a is None) != (task_b is None):
-        _fail("give both --task-a and --task-b (the two task labels to pair), or neither")
+        fail("give both --task-a and --task-b (the two task labels to pair), or neither")
     frame_a, frame_b = _load_results(a), _load_results(b)
     try:
         samples_a, samples_b = load_samples(a, frame_a), load_samples(b, frame_b)
@@ -340,7 +370,7 @@ def compare(a: Path = typer.Argument(..., help="Results A (folder or CSV)."),
             frame_b, samples_b = as_task(frame_b, samples_b, task_b, label)
         table = compare_frames(frame_a, frame_b, samples_a, samples_b)
     except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if _machine_output(table, format):
         return
     marks = {"a": "[red]A[/]", "b": "[green]B[/]", "=": "=", "?": "?"}
@@ -362,11 +392,11 @@ def report(
 
     for source in results:
         if not source.exists():
-            _fail(f"{source} does not exist")
+            fail(f"{source} does not exist")
     try:
         page = build(results, published_csv or PUBLISHED)
     except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     atomic_write_text(out, page)
     console.print(f"wrote {out} ({len(page) / 1024:.0f} KiB)", highlight=False)
 
@@ -401,7 +431,7 @@ def bench(
                                       device=parse_device(device) if device else None, warmup=warmup, steps=steps,
                                       peak_tflops=peak_tflops)
     except _user_errors() as exc:
-        _fail(str(exc))
+        fail(str(exc))
     record = as_record(backbone, results, settings)
     if out is not None:
         write_record(record, out / backbone.replace(":", "_") / f"{record.run_id}.json")
@@ -417,40 +447,10 @@ def bench(
         mfu = "n/a (peak unknown: --peak-tflops)" if r.mfu is None else f"{100 * r.mfu:.1f} %"
         table.add_row(r.path, r.model, f"{r.images_per_s:.1f}", f"{r.ms_per_step:.1f}", f"{r.peak_memory_mb:.0f}",
                       f"{r.gflops_per_image:.2f}", f"{r.achieved_tflops:.3f}", mfu)
-    _print_table(table)
+    print_table(table)
     value = ratio(results)
     console.print("ours ÷ bare timm: " + (f"{value:.3f}" if value is not None else
                                           f"n/a (timm has no {backbone} architecture)"), highlight=False)
-
-
-@score_app.command("vqa")
-def score_vqa(
-    results: Path = typer.Argument(..., help="Result file: a JSON list of {question_id, answer} (the VQA server's format)."),
-    annotations: Path = typer.Option(..., help="v2_mscoco_<split>_annotations.json"),
-    questions: Optional[Path] = typer.Option(None, help="v2_OpenEnded_mscoco_<split>_questions.json (checks the split)."),
-    json_output: bool = typer.Option(False, "--json", help="Print the evaluator's accuracy dict as JSON."),
-):
-    """VQA accuracy exactly as the official vqaEval.py computes it (rounded to 2 decimals like it)."""
-    import json
-
-    from .metrics import vqa_score_files
-
-    try:
-        scores = vqa_score_files(results, annotations, questions).official()
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
-    if json_output:
-        sys.stdout.write(json.dumps(scores, indent=1) + "\n")
-        return
-    table = Table(title=f"VQA accuracy of {results}")
-    table.add_column("answer / question type", overflow="fold")
-    table.add_column("accuracy", justify="right")
-    table.add_row("overall", f"{scores['overall']:.2f}", style="bold")
-    for name, value in scores["perAnswerType"].items():
-        table.add_row(name, f"{value:.2f}")
-    for name, value in sorted(scores["perQuestionType"].items()):
-        table.add_row(f"  {name}", f"{value:.2f}")
-    _print_table(table)
 
 
 @app.command()
@@ -467,7 +467,7 @@ def check(
     try:
         result = check_frames(_load_results(baseline), _load_results(results), tolerance)
     except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if format == "md":
         sys.stdout.write(result.markdown(f"evalsuite check against {baseline.name}") + "\n")
         if not result.ok:
@@ -505,7 +505,7 @@ def list_(what: str = typer.Argument(..., help="One of: " + ", ".join(LISTS))):
     else:
         from .params import suggest
 
-        _fail(f"unknown list {what!r}.{suggest(what, list(LISTS))} One of: {', '.join(LISTS)}")
+        fail(f"unknown list {what!r}.{suggest(what, list(LISTS))} One of: {', '.join(LISTS)}")
 
 
 def _list_backbones() -> None:
@@ -531,7 +531,7 @@ def _list_backbones() -> None:
             weights = f"[dim]missing ({spec.weights_file})[/]"
         table.add_row(name, spec.family, f"{meta.num_params / 1e6:.2f}M", str(meta.patch_size), str(meta.embed_dim),
                       str(meta.depth), str(meta.num_cls_tokens), ",".join(map(str, meta.default_layers)), weights)
-    _print_table(table)
+    print_table(table)
     console.print("and timm:<model> for any timm model with forward_intermediates (e.g. timm:convnext_tiny)", highlight=False)
 
 
@@ -548,7 +548,7 @@ def _list_tasks() -> None:
                           f"{proto.primary_metric} {'↑' if proto.higher_is_better else '↓'}",
                           f"{proto.selection_split} / {proto.report_split}", task.dataset if i == 0 else "",
                           (task.mini_dataset or "—") if i == 0 else "")
-    _print_table(table)
+    print_table(table)
 
 
 @app.command()
@@ -583,7 +583,7 @@ def show(
                 with torch.device("meta"):
                     model = spec.build()
     except (ParamError, *_user_errors()) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     reads = _resolved_reads(cfg, model)
     if as_json:
         sources = {key: cfg.source(key) for key in cfg.values()}
@@ -605,7 +605,7 @@ def show(
             changed = value != row["default"]
             table.add_row(owner, row["name"], f"[bold]{value}[/]" if changed else str(value), cfg.source(row["name"]),
                           str(row["default"]), row["range"], row["help"])
-    _print_table(table)
+    print_table(table)
     for key, value in reads.items():
         console.print(f"{key}: {value}", highlight=False, soft_wrap=True)
 
@@ -644,7 +644,7 @@ def quickstart(
                 progress.console.print(f"{rec.backbone['label']:>28} × {rec.task['label']:<18} {value:8.3f}  ({state})",
                                        highlight=False)
         except RunFailed as exc:
-            _fail(f"{exc} (record: {exc.path})", code=1)
+            fail(f"{exc} (record: {exc.path})", code=1)
     frame = load_tidy(out)
     _print_pivots(pivots(frame), pivots(frame, "std"))
     deltas = job.twin_deltas(frame, load_samples(out, frame))
@@ -660,7 +660,7 @@ def quickstart(
         verdict = f"[{colour[row['verdict']]}]{row['verdict']}[/]" if row["verdict"] in colour else row["verdict"]
         table.add_row(row["backbone"], row["task"], row["metric"], f"{row['random']:.4g}", f"{row['pretrained']:.4g}",
                       f"{row['delta']:+.4g}", interval, verdict)
-    _print_table(table)
+    print_table(table)
 
 
 @app.command()
@@ -689,16 +689,16 @@ def pretrain(
     from .pretrain import pretrain as run_pretrain
 
     if steps is None and epochs is None:
-        _fail("give --steps N or --epochs N")
+        fail("give --steps N or --epochs N")
     if (out / "checkpoint.pth").is_file() and not resume:
-        _fail(f"{out / 'checkpoint.pth'} exists: pass --resume to continue it, or another --out")
+        fail(f"{out / 'checkpoint.pth'} exists: pass --resume to continue it, or another --out")
     from .params import parse_assignments
     from .pretrain import check_objective
 
     try:
         options = check_objective(backbone, parse_assignments(objective, "--objective"))
     except _user_errors() as exc:
-        _fail(str(exc))
+        fail(str(exc))
     cfg = PretrainConfig(backbone=backbone, data=data, mini_seed=mini_seed, out=str(out), steps=steps, epochs=epochs, batch_size=batch_size,
                          blr=blr, drop_path=drop_path, seed=seed, scores=str(scores) if scores else None, weights=weights,
                          objective=options, num_workers=num_workers, save_every=save_every, image_size=image_size)
@@ -706,7 +706,7 @@ def pretrain(
         with _progress() as progress:
             path = run_pretrain(cfg, progress)
     except _user_errors() as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(f"checkpoint: {path}  (evaluate with --weights {path})", highlight=False)
 
 
@@ -759,7 +759,7 @@ def sweep(
             from .slurm import SlurmOptions, slurm_available
 
             if cluster == "slurm" and not slurm_available():
-                _fail("--executor slurm needs sbatch on this machine (a Slurm login node); --cluster local runs the jobs here")
+                fail("--executor slurm needs sbatch on this machine (a Slurm login node); --cluster local runs the jobs here")
             slurm_args = (SlurmOptions(partition=partition, gpus_per_node=gpus_per_node, timeout_min=timeout_min,
                                        account=account, job_name="evalsuite-sweep"), folder, cluster)
         else:
@@ -781,7 +781,7 @@ def sweep(
                 raise typer.Exit(1)  # a plan that cannot run as a whole is not a success, for scripts either
             return
     except _user_errors() as exc:
-        _fail(str(exc))
+        fail(str(exc))
     marks = {"done": "[dim]skipped (done)[/]", "ok": "[green]ok[/]", "failed": "[bold red]failed[/]"}
 
     def report(outcome) -> None:
@@ -834,13 +834,13 @@ def slurm(
     try:
         job = submit(list(ctx.args), options, folder, cluster)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(f"submitted job {job.job_id}: evalsuite {' '.join(ctx.args)}  (logs: {job.paths.stdout})", highlight=False)
     if wait:
         try:
             job.results()  # one per task
         except Exception as exc:  # submitit re-raises the task's failure with its log tail
-            _fail(f"job {job.job_id} failed: {exc}", code=1)
+            fail(f"job {job.job_id} failed: {exc}", code=1)
         console.print(f"job {job.job_id} finished", highlight=False)
 
 
@@ -859,7 +859,7 @@ def curate(
     try:
         result = run_curate(scorer, data, min_side=min_side, min_entropy=min_entropy)
     except _user_errors() as exc:
-        _fail(str(exc))
+        fail(str(exc))
     write_scores(result, out)
     console.print(f"{len(result['scores'])} images scored, expected kept fraction "
                   f"{result['kept_fraction_expected']:.3f}: {out}", highlight=False)
@@ -876,7 +876,7 @@ def cache_ls():
     for e in entries():
         table.add_row(e["key"][:12], e["backbone"], e["weights"][:12], e["reducer"], e["split"], str(e["n"]),
                       f"{e['bytes'] / 2**20:.1f}")
-    _print_table(table)
+    print_table(table)
 
 
 @cache_app.command("rm")
@@ -886,11 +886,11 @@ def cache_rm(match: Optional[str] = typer.Argument(None, help="A key prefix or a
     from .cache import remove
 
     if all_ == (match is not None):
-        _fail("give a key prefix or backbone name, or --all (not both)")
+        fail("give a key prefix or backbone name, or --all (not both)")
     try:
         console.print(f"removed {remove(None if all_ else match)} feature set(s)")
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @data_app.command("make-mini")
@@ -911,7 +911,7 @@ def make_mini(
         try:
             path = ensure_mini(name, size, seed, force=force)  # type: ignore[arg-type]
         except (UnknownNameError, ValueError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
         manifest = json.loads((path / MANIFEST).read_text())
         console.print(f"{name}: {path}  ({len(manifest['files'])} files, sha256 {manifest['sha256'][:12]})", highlight=False)
 

@@ -270,12 +270,15 @@ class Task:
 
     def __init__(self, name: str, *, version: int, family: str, dataset: str, tolerance: float,
                  mini_dataset: str | None = None, description: str = "",
-                 quickstart: tuple[Mapping[str, Any], ...] = (), requires: Mapping[str, str] | None = None):
+                 quickstart: tuple[Mapping[str, Any], ...] = (), requires: Mapping[str, str] | None = None,
+                 commands: Mapping[str, Callable] | None = None):
         self.name, self.version, self.family, self.dataset = name, version, family, dataset
         self.tolerance, self.mini_dataset, self.description = tolerance, mini_dataset, description
         # {importable module: the pyproject extra that installs it ("core" for a core dependency)}
         self.requires = dict(requires or {})
         self.quickstart = quickstart  # the variants `evalsuite quickstart` runs (protocol + params)
+        # the family's own CLI commands, by verb: {"score": fn} is `evalsuite score <task>` (fn: a typer command)
+        self.commands = dict(commands or {})
         self.protocols: dict[str, Protocol] = {}
 
     def protocol(self, name: str, params: type[Params], **spec: Any) -> Callable[[Runner], Runner]:

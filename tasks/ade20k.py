@@ -17,11 +17,12 @@ from torch.utils.data import Dataset
 
 from evalsuite.contracts import Task
 from evalsuite.data import DataNotFoundError, read_image
-from evalsuite.metrics import SegmentationMeter
 from evalsuite.params import param
 from evalsuite.registry import HEADS, TASKS
+from tasks.dense.metrics import SegmentationMeter
 
-from .dense import DENSE_MINI, PIXIO_HEAD_LR, DenseParams, HeadSpec, run_dense
+from .dense.heads import HeadSpec
+from .dense.protocol import DENSE_MINI, PIXIO_HEAD_LR, DenseParams, run_dense
 
 IGNORE_INDEX = 255
 

@@ -20,11 +20,12 @@ from torch.utils.data import Dataset
 
 from evalsuite.contracts import Task
 from evalsuite.data import DataNotFoundError, read_image, within
-from evalsuite.metrics import DEPTH_CONVENTIONS, DEPTH_KEYS, depth_metrics
 from evalsuite.params import ParamError, param
 from evalsuite.registry import HEADS, TASKS
+from tasks.dense.metrics import DEPTH_CONVENTIONS, DEPTH_KEYS, depth_metrics
 
-from .dense import DENSE_MINI, PIXIO_HEAD_LR, DenseParams, HeadSpec, run_dense
+from .dense.heads import HeadSpec
+from .dense.protocol import DENSE_MINI, PIXIO_HEAD_LR, DenseParams, run_dense
 
 LABELED_MAT = "nyu_depth_v2_labeled.mat"
 SPLITS_MAT = "splits.mat"

@@ -237,3 +237,91 @@ def test_the_registry_indexes_are_what_the_modules_register():
     for package, index in json.loads(done.stdout.strip().splitlines()[-1]).items():
         committed = json.loads(files(package).joinpath("registry-index.json").read_text())
         assert committed == index, f"{package}/registry-index.json is stale: run `python -m evalsuite.registry`"
+
+
+# ---------------------------------------------------------------------------------------
+# A family is its package: one defined outside the repository runs end to end
+# ---------------------------------------------------------------------------------------
+TOY_FAMILY = '''
+"""A task family outside evalsuite: its task, protocol, metric, mini generator and CLI command."""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import typer
+
+from evalsuite.contracts import Metric, Task, TaskOutput
+from evalsuite.mini import register_mini
+from evalsuite.params import Params, param
+
+
+@register_mini("toyfam-mini", version=1, description="numbers in a JSON file")
+def generate(out: Path, size, seed: int) -> None:
+    (out / "numbers.json").write_text(json.dumps([seed + i for i in range(4)]))
+
+
+def mean_metric(values) -> float:
+    return sum(values) / len(values)
+
+
+@dataclass(frozen=True)
+class ToyParams(Params):
+    scale: float = param(1.0, "multiplies every number", min=0)
+
+
+def score(numbers: Path = typer.Argument(..., help="a JSON list of numbers")):
+    """Print the family's metric of a file."""
+    print(f"toy score {mean_metric(json.loads(numbers.read_text())):.2f}")
+
+
+TASK = Task("toyfam", version=1, family="toy", dataset="toy", mini_dataset="toyfam-mini", tolerance=0.0,
+            description="a family defined outside evalsuite", commands={"score": score})
+
+
+@TASK.protocol("mean", ToyParams, primary_metric="mean", higher_is_better=True, selection_split="none",
+               report_split="all", description="the scaled mean of the numbers plus the embedding's sign")
+def run(backbone, config, ctx):
+    numbers = json.loads((ctx.data_root / "numbers.json").read_text())
+    with torch.inference_mode():
+        embedding = backbone.global_embedding(torch.zeros(1, 3, *backbone.meta.image_size))
+    scaled = [config.params.scale * n for n in numbers]
+    assert torch.isfinite(embedding).all()
+    return TaskOutput([Metric("mean", mean_metric(scaled), "all", True, primary=True)],
+                      per_sample={"mean": scaled})
+'''
+
+
+def test_a_family_outside_the_repository_runs_end_to_end(tmp_path):
+    """Registered by entry point only, with a protocol, a metric, a mini generator and a CLI
+    subcommand: `run`, `leaderboard` and `score toyfam` work, and no file of evalsuite/ names it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    site = tmp_path / "site"
+    (site / "toyfam").mkdir(parents=True)
+    (site / "toyfam" / "__init__.py").write_text(TOY_FAMILY)
+    meta = site / "toyfam-0.1.dist-info"
+    meta.mkdir()
+    (meta / "METADATA").write_text("Metadata-Version: 2.1\nName: toyfam\nVersion: 0.1\n")
+    (meta / "entry_points.txt").write_text("[evalsuite.tasks]\ntoyfam = toyfam:TASK\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+           "EVALSUITE_MINI_CACHE": str(tmp_path / "mini")}
+
+    def evalsuite(*args):
+        done = subprocess.run([sys.executable, "-m", "evalsuite", *map(str, args)], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    out = tmp_path / "runs"
+    evalsuite("run", "-b", "pixio-tiny", "-t", "toyfam", "--data", "mini", "--weights", "random", "-p", "scale=2",
+              "--out", out)
+    board = evalsuite("leaderboard", out, "-f", "csv")
+    assert "toyfam/mean · mean" in board and "pixio-tiny [scale=2.0]" in board and ",3.0" in board
+    (tmp_path / "numbers.json").write_text("[1, 2, 6]")
+    assert "toy score 3.00" in evalsuite("score", "toyfam", tmp_path / "numbers.json")
+    spine = Path(__file__).resolve().parent.parent / "evalsuite"
+    assert not [p for p in spine.rglob("*.py") if "toyfam" in p.read_text()]

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from evalsuite.metrics import knn_classify, topk_accuracy
 from tasks.imagenet.heads import HeadConfig, dinov2_grid, heldout_split, select_and_report, train_linear_heads
+from tasks.imagenet.metrics import knn_classify, topk_accuracy
 
 
 def test_topk_hand_counts():

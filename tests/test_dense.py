@@ -9,7 +9,8 @@ from conftest import mini_ctx, run_cli_record, run_protocol
 from evalsuite.checkpoints import create_backbone
 from evalsuite.environment import seed_everything
 from evalsuite.registry import HEADS, TASKS
-from tasks.dense import read_maps, readout_dims, slide_inference, window_starts
+from tasks.dense.inference import slide_inference, window_starts
+from tasks.dense.readout import read_maps, readout_dims
 from tasks.nyuv2 import silog_loss
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from evalsuite.metrics import DINOV2_DEPTH, EIGEN_CROP, PIXIO_DEPTH, SegmentationMeter, depth_metrics, eigen_crop_mask
+from tasks.dense.metrics import DINOV2_DEPTH, EIGEN_CROP, PIXIO_DEPTH, SegmentationMeter, depth_metrics, eigen_crop_mask
 
 
 def test_rmse_is_the_mean_of_per_image_rmses():

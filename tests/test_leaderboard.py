@@ -252,7 +252,7 @@ def test_the_bootstrap_interval_covers_a_known_mean_about_95_percent_of_the_time
 def segmentation_samples(preds_and_targets, num_classes=4, absent="exclude"):
     import torch
 
-    from evalsuite.metrics import SegmentationMeter
+    from tasks.dense.metrics import SegmentationMeter
 
     meter = SegmentationMeter(num_classes, absent=absent)
     for pred, target in preds_and_targets:
@@ -266,7 +266,8 @@ def test_the_miou_bootstrap_recomputes_the_dataset_level_miou_of_each_resample(a
     import torch
 
     from evalsuite.leaderboard import AreaSamples, paired_bootstrap
-    from evalsuite.metrics import SegmentationMeter, dataset_statistic, segmentation_areas
+    from evalsuite.metrics import dataset_statistic, segmentation_areas
+    from tasks.dense.metrics import SegmentationMeter
 
     rng = np.random.default_rng(0)
     images = [(rng.integers(0, 4, (6, 6)), rng.integers(0, 4, (6, 6))) for _ in range(7)]

@@ -11,22 +11,11 @@ from PIL import Image
 from conftest import mini_ctx
 from evalsuite import engine
 from evalsuite.checkpoints import create_backbone
-from evalsuite.metrics import DINOV2_DEPTH, PIXIO_DEPTH, SegmentationMeter, depth_metrics
 from evalsuite.registry import BACKBONES, HEADS, TASKS
-from tasks.dense import (
-    DINOV2_DEPTH_BLOCKS,
-    LAYER_SETS,
-    PhotometricDraws,
-    centre_padding,
-    long_side_rescale,
-    pad_to_multiple,
-    photometric_distortion,
-    random_crop_box,
-    read_maps,
-    readout_dims,
-    slide_inference,
-    window_starts,
-)
+from tasks.dense.augment import PhotometricDraws, long_side_rescale, photometric_distortion, random_crop_box
+from tasks.dense.inference import centre_padding, pad_to_multiple, slide_inference, window_starts
+from tasks.dense.metrics import DINOV2_DEPTH, PIXIO_DEPTH, SegmentationMeter, depth_metrics
+from tasks.dense.readout import DINOV2_DEPTH_BLOCKS, LAYER_SETS, read_maps, readout_dims
 
 
 # 1. ADE20K, Pixio: the new long side is an integer in [int(0.5·L), int(2·L)] of the image's own long side

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from evalsuite.cli import app
 from evalsuite.leaderboard import as_task, compare, load_samples, load_tidy
-from evalsuite.metrics import official_round, retrieval_recall, vqa_accuracy, vqa_normalise, vqa_question_accuracy
 from evalsuite.mini import ensure_mini
 from evalsuite.runner import RunFailed, evaluate
+from tasks.vqa_retrieval.metrics import official_round, retrieval_recall, vqa_accuracy, vqa_normalise, vqa_question_accuracy
 from tasks.vqa_retrieval.protocols import VQA_MINI
 
 

@@ -33,7 +33,7 @@ from evalsuite.finetune import (
     set_drop_path,
     transformer_blocks,
 )
-from evalsuite.metrics import topk_accuracy
+from tasks.imagenet.metrics import topk_accuracy
 
 from .heads import top1_hits
 

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from evalsuite.contracts import Backbone
-from evalsuite.metrics import topk_accuracy
 from evalsuite.sampling import seeded
+from tasks.imagenet.metrics import topk_accuracy
 
 LINEAR_LRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
 N_LAST = 4  # CLS of the last 4 blocks are extracted; heads read the last 1 or all 4

@@ -18,8 +18,8 @@ import torch
 
 from evalsuite.cache import cached_features
 from evalsuite.contracts import Backbone, Metric, RunContext, Task, TaskConfig, TaskOutput
-from evalsuite.metrics import knn_classify, topk_accuracy
 from evalsuite.params import ParamError, Params, param
+from tasks.imagenet.metrics import knn_classify, topk_accuracy
 
 from .data import labelled_rows, load_split
 from .finetune import AugmentedImages

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evalsuite.data import DataNotFoundError, require_fields, within
-from evalsuite.metrics import vqa_normalise, vqa_question_accuracy
+from tasks.vqa_retrieval.metrics import vqa_normalise, vqa_question_accuracy
 
 IMAGE_FOLDERS = {"train2014": "train2014", "val2014": "val2014", "test-dev2015": "test2015", "test2015": "test2015"}
 

@@ -29,18 +29,19 @@ from evalsuite.cache import cached_features
 from evalsuite.checkpoints import paired_text
 from evalsuite.contracts import Backbone, DataSource, Metric, Preprocess, RunContext, Task, TaskConfig, TaskOutput
 from evalsuite.data import folder_source, read_image
-from evalsuite.metrics import VQA_ANSWER_TYPES, retrieval_recall, vqa_accuracy
 from evalsuite.params import ParamError, Params, param
 from evalsuite.registry import TEXT_ENCODERS
 from evalsuite.sampling import seeded
 from evalsuite.text import VisualEmbedding, grid_cells
+from tasks.vqa_retrieval.metrics import VQA_ANSWER_TYPES, retrieval_recall, vqa_accuracy
 
+from .commands import score as score_command
 from .data import RetrievalItem, VQAQuestion, answer_vocabulary, load_karpathy, load_vqa, soft_targets
 from .model import CrossModal, RetrievalHeads, VQAHead, retrieval_loss, sample_tokens, token_grid, visual_tokens, vqa_loss
 
 TEXT_SIDE = {"transformers": "core", "tokenizers": "core"}  # the BERT of the adapters and its WordPiece tokenizer
 VQA = Task("vqa", version=2, family="vision-language", dataset="vqav2", mini_dataset="vqa-mini", tolerance=1.0,
-           quickstart=({"protocol": "adapter"},), requires=TEXT_SIDE,
+           quickstart=({"protocol": "adapter"},), requires=TEXT_SIDE, commands={"score": score_command},
            description="VQA v2 through a Pixel-BERT-style cross-modal adapter; the official evaluator's accuracy")
 
 
