@@ -357,16 +357,11 @@ class Task:
         return TaskConfig(task=self, protocol=proto, params=params, components=components, mini=mini, sources=sources)
 
     def data_source(self, data: str, data_root: str | Path | None, mini_size: str, mini_seed: int,
-                    config: TaskConfig) -> DataSource:
-        """The data a cell of ``config`` reads (a task whose data depends on its parameters, e.g. which
-        dataset or which simulated tasks, looks at ``config``)."""
-        from .data import folder_source, mini_source
-
-        if data == "mini":
-            if self.mini_dataset is None:
-                raise ValueError(f"task {self.name!r} has no mini dataset")
-            return mini_source(self.mini_dataset, mini_size, mini_seed)  # type: ignore[arg-type]
-        return folder_source(self.dataset, data_root)
+                    config: TaskConfig) -> DataSource | None:
+        """The data a cell of ``config`` reads, for a task whose data depends on its parameters (which
+        dataset, which simulated tasks); None (the default) lets the runner read the task's folder
+        (real) or generate its mini world (``mini_dataset``)."""
+        return None
 
     def __repr__(self) -> str:
         return f"Task({self.name!r}, protocols={list(self.protocols)})"

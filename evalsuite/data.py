@@ -194,16 +194,13 @@ def verify_manifest(root: Path, manifest: dict) -> str:
     return identity
 
 
-def mini_source(name: str, size: str = "small", seed: int = 0) -> DataSource:
-    from .mini import ensure_mini
-
-    root = ensure_mini(name, size, seed=seed)  # type: ignore[arg-type]
-    return _manifest_source(root, read_manifest(root))
+def world_name(size: str = "small", seed: int = 0) -> str:
+    """A generated world's name in records and leaderboards (``seed0-small``), also the end of its folders."""
+    return f"seed{seed}-{size}"
 
 
-def _manifest_source(root: Path, manifest: dict) -> DataSource:
-    from .mini import world_name
-
+def manifest_source(root: Path, manifest: dict) -> DataSource:
+    """A generated folder as a mini-world source, its identity verified against its manifest."""
     identity = verify_manifest(root, manifest)
     details = {"generator_version": manifest.get("version"), **({"renderer": manifest["renderer"]} if "renderer" in manifest else {})}
     return DataSource(kind="mini", dataset=manifest["name"], root=Path(root), identity=identity,
@@ -219,7 +216,7 @@ def folder_source(dataset: str, data_root: str | Path | None = None) -> DataSour
     root = resolve_data_root(dataset, data_root)
     manifest = read_manifest(root)
     if manifest is not None and manifest.get("mini"):
-        return _manifest_source(root, manifest)
+        return manifest_source(root, manifest)
     return DataSource(kind="real", dataset=dataset, root=root, identity=folder_identity(root))
 
 

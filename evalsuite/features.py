@@ -12,9 +12,10 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from .contracts import RunContext
+if TYPE_CHECKING:
+    from .contracts import RunContext
 
 _CURRENT: ContextVar[Any] = ContextVar("evalsuite_progress", default=None)
 

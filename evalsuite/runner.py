@@ -32,9 +32,10 @@ from . import __version__, distributed
 from .cell import DEFAULT_OUT, CellError, CellSpec, RunSettings
 from .checkpoints import BackboneSpec, create_backbone, resolve_weights
 from .contracts import DataSource, RunContext, TaskConfig
-from .data import file_sha256
+from .data import file_sha256, folder_source
 from .environment import default_device, environment, git_state, parse_device, seed_everything
 from .fileio import atomic_write_bytes, atomic_write_text
+from .mini import mini_source
 from .records import RunRecord, artifacts_dir, cell_key, failed_path, record_path, write_record
 from .registry import BACKBONES, TASKS
 
@@ -99,6 +100,13 @@ def resolve_cell(spec: CellSpec, out_dir: Path = DEFAULT_OUT) -> Cell:
         weights_id = file_sha256(path) if path is not None else "random"
     data = spec.data
     source = task_obj.data_source(data.kind, data.root, data.mini_size, data.mini_seed, config)
+    if source is None:  # the task's folder, or its generated mini world
+        if data.kind == "mini":
+            if task_obj.mini_dataset is None:
+                raise CellError(f"task {task_obj.name!r} has no mini world")
+            source = mini_source(task_obj.mini_dataset, data.mini_size, data.mini_seed)
+        else:
+            source = folder_source(task_obj.dataset, data.root)
     if source.kind == "mini" and not config.mini:  # a generated folder passed as real data is mini data
         config = spec.config(mini=True)
     task_obj.check_source(config, source)

@@ -31,7 +31,7 @@ def _mini_cache(factory):
 def mini_ctx(name: str, work_dir=None, seed: int = 0, **kwargs):
     """A RunContext on the generated mini dataset ``name`` (what the runner gives a protocol)."""
     from evalsuite.contracts import RunContext
-    from evalsuite.data import mini_source
+    from evalsuite.mini import mini_source
 
     return RunContext(data=mini_source(name), seed=seed, work_dir=work_dir, **kwargs)
 

@@ -325,3 +325,42 @@ def test_a_family_outside_the_repository_runs_end_to_end(tmp_path):
     assert "toy score 3.00" in evalsuite("score", "toyfam", tmp_path / "numbers.json")
     spine = Path(__file__).resolve().parent.parent / "evalsuite"
     assert not [p for p in spine.rglob("*.py") if "toyfam" in p.read_text()]
+
+
+def test_the_spine_has_no_import_cycle_and_names_no_family():
+    """Every import in evalsuite/ (function-level ones included) forms an acyclic graph, and the
+    spine imports no family module (backbones/, tasks/)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    modules = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in (root / "evalsuite").rglob("*.py")}
+    graph, upward = {}, []
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+                target = ".".join([*base, *([node.module] if node.module else [])])
+                deps |= {c for c in [target, *(f"{target}.{a.name}" for a in node.names)] if c in modules and c != name}
+                upward += [f"{name} imports {target}" for top in ("backbones", "tasks") if target.split(".")[0] == top]
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name in modules}
+                upward += [f"{name} imports {a.name}" for a in node.names if a.name.split(".")[0] in ("backbones", "tasks")]
+        graph[name] = deps
+    assert not upward, upward
+    state: dict[str, int] = {}
+
+    def visit(node, path):
+        state[node] = 1
+        for dep in graph[node]:
+            assert state.get(dep) != 1, f"import cycle: {' → '.join([*path, dep])}"
+            if dep not in state:
+                visit(dep, [*path, dep])
+        state[node] = 2
+
+    for module in graph:
+        if module not in state:
+            visit(module, [module])

@@ -279,7 +279,7 @@ def test_features_beyond_the_fp16_range_are_cached_in_fp32(tmp_path):
 
     from evalsuite.cache import cached_features
     from evalsuite.contracts import RunContext
-    from evalsuite.data import mini_source
+    from evalsuite.mini import mini_source
 
     backbone = create_backbone("mae-tiny", "random")
     images = torch.zeros(6, 3, 8, 8)

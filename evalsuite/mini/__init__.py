@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
-from ..data import MANIFEST, file_sha256, files_digest
+from ..contracts import DataSource
+from ..data import MANIFEST, file_sha256, files_digest, manifest_source, read_manifest, world_name
 from ..features import stage
 from ..fileio import atomic_directory, sweep_partials
 from ..registry import MINI_DATASETS
@@ -44,11 +45,6 @@ def register_mini(name: str, version: int, description: str = ""):
 
 def cache_root() -> Path:
     return Path(os.environ.get("EVALSUITE_MINI_CACHE", Path.home() / ".cache" / "evalsuite" / "mini"))
-
-
-def world_name(size: Size = "small", seed: int = 0) -> str:
-    """A generated world's name in records and leaderboards (``seed0-small``), also the end of its folders."""
-    return f"seed{seed}-{size}"
 
 
 def mini_dir(name: str, size: Size = "small", seed: int = 0) -> Path:
@@ -89,3 +85,9 @@ def ensure_mini(name: str, size: Size = "small", seed: int = 0, force: bool = Fa
         spec.generate(tmp, size, seed)
         write_manifest(tmp, {"name": name, "version": spec.version, "seed": seed, "size": size, "mini": True})
     return target
+
+
+def mini_source(name: str, size: Size = "small", seed: int = 0) -> DataSource:
+    """The mini dataset ``name`` of one world as a run's data source (generated on first use)."""
+    root = ensure_mini(name, size, seed=seed)
+    return manifest_source(root, read_manifest(root))

@@ -47,7 +47,7 @@ DATASETS = {
 
 
 class FF3DTask(Task):
-    def data_source(self, data, data_root, mini_size, mini_seed, config) -> DataSource:
+    def data_source(self, data, data_root, mini_size, mini_seed, config) -> DataSource | None:
         if data == "mini":
             return super().data_source(data, data_root, mini_size, mini_seed, config)
         return folder_source(config.params.dataset, data_root)  # [data_roots] keys: scannetppv2, eth3d, tav2_wb

@@ -81,7 +81,7 @@ class MetaWorldTask(Task):
         return None
 
     def data_source(self, data, data_root, mini_size, mini_seed, config) -> DataSource:
-        from evalsuite.mini import world_name
+        from evalsuite.data import world_name
 
         if data_root is not None:
             raise ValueError("metaworld runs a simulator: no --data-root (pass -p demo_dir=DIR for expert pickles)")

@@ -46,7 +46,7 @@ VQA = Task("vqa", version=2, family="vision-language", dataset="vqav2", mini_dat
 
 
 class RetrievalTask(Task):
-    def data_source(self, data, data_root, mini_size, mini_seed, config) -> DataSource:
+    def data_source(self, data, data_root, mini_size, mini_seed, config) -> DataSource | None:
         if data == "mini":
             return super().data_source(data, data_root, mini_size, mini_seed, config)
         return folder_source(config.params.dataset, data_root)  # [data_roots] keys: flickr30k, coco
