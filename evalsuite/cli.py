@@ -6,7 +6,7 @@ import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -50,7 +50,7 @@ app.add_typer(score_app, name="score")
 console = Console()
 err = Console(stderr=True)
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     """One red line on stderr and the exit code (2: the input is wrong; 1: the work failed)."""
     from rich.markup import escape
 
@@ -190,7 +190,7 @@ def run(
             settings = shipped or settings
         else:
             if backbone is None or task is None:
-                fail("give --backbone and --task (or --cell FILE)")
+                return fail("give --backbone and --task (or --cell FILE)")
             params: dict = parse_assignments(param)
             for key, value in (("head", head), ("blocks", blocks), ("label_fraction", label_fraction), ("seeds", seeds)):
                 if value is not None:
@@ -311,8 +311,8 @@ def _print_stacked(table: Table) -> None:
         console.print(Text("─" * min(console.width, 40), style="dim"))
         for header, cells in columns:
             value = cells[row]
-            console.print(Text.assemble((f"{header}: ", "bold"), Text.from_markup(value) if isinstance(value, str) else value),
-                          highlight=False)  # wrapped between words at the terminal's width
+            text = Text.from_markup(value) if isinstance(value, str) else value
+            console.print(Text.assemble((f"{header}: ", "bold"), text), highlight=False)  # type: ignore[arg-type]  # wrapped between words at the terminal's width
 
 
 def _machine_output(frame, fmt: str) -> bool:
@@ -364,7 +364,7 @@ def compare(a: Path = typer.Argument(..., help="Results A (folder or CSV)."),
     frame_a, frame_b = _load_results(a), _load_results(b)
     try:
         samples_a, samples_b = load_samples(a, frame_a), load_samples(b, frame_b)
-        if task_a is not None:
+        if task_a is not None and task_b is not None:
             label = f"{task_a} → {task_b}"
             frame_a, samples_a = as_task(frame_a, samples_a, task_a, label)
             frame_b, samples_b = as_task(frame_b, samples_b, task_b, label)

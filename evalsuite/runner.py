@@ -104,7 +104,7 @@ def resolve_cell(spec: CellSpec, out_dir: Path = DEFAULT_OUT) -> Cell:
         if data.kind == "mini":
             if task_obj.mini_dataset is None:
                 raise CellError(f"task {task_obj.name!r} has no mini world")
-            source = mini_source(task_obj.mini_dataset, data.mini_size, data.mini_seed)
+            source = mini_source(task_obj.mini_dataset, data.mini_size, data.mini_seed)  # type: ignore[arg-type]
         else:
             source = folder_source(task_obj.dataset, data.root)
     if source.kind == "mini" and not config.mini:  # a generated folder passed as real data is mini data
@@ -159,7 +159,7 @@ def execute(cell: Cell, settings: RunSettings, device: torch.device, progress: A
                      checkpoint_interval=settings.checkpoint_interval)
     sha, dirty = git_state()
     started, t0 = _now(), time.perf_counter()
-    base = dict(
+    base: dict[str, Any] = dict(
         run_id=f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}",
         cell_key=cell.key, started_at=started, evalsuite_version=__version__, git_sha=sha, git_dirty=dirty,
         task=config.record(spec.processes), seed=cell.seed, data=cell.source.record(),

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from .cell import CellSpec, DataSpec, RunSettings, write_cell_file
+from .data import world_name
 from .records import RunRecord, iter_records
 from .registry import TASKS
 
@@ -56,7 +57,8 @@ def plan(backbones: Iterable[str], tasks: Iterable[str], protocols: Iterable[str
             raise ValueError(f"task {task} has none of the protocols {', '.join(protocols)} (it has {', '.join(known)})")
         per_task[task] = chosen
     out = []
-    for backbone, w, task in itertools.product(backbones, list(weights) or [None], tasks):
+    checkpoints: list[str | None] = list(weights) or [None]
+    for backbone, w, task in itertools.product(backbones, checkpoints, tasks):
         for protocol in per_task[task]:
             for seed in range(first_seed, first_seed + seeds):
                 name = f"{backbone}{' @ ' + w if w else ''} × {task}{'/' + protocol if protocol else ''} · seed {seed}"
@@ -71,7 +73,7 @@ def plan(backbones: Iterable[str], tasks: Iterable[str], protocols: Iterable[str
     return out
 
 
-def state(cell: SweepCell, settings: RunSettings) -> tuple[str, Path | None]:
+def state(cell: SweepCell, settings: RunSettings) -> tuple[str, Path]:
     """("done" | "failed" | "todo", the record path): a cell is done when its record is ok."""
     from .records import failed_path
     from .runner import resolve_cell
@@ -91,8 +93,8 @@ def estimated_seconds(spec: CellSpec | None, records: list[RunRecord]) -> float 
     world; any seed or weights), or None."""
     if spec is None:
         return None
-    world = f"seed{spec.data.mini_seed}-{spec.data.mini_size}" if spec.data.kind == "mini" else ""
-    times = [r.timings.get("total_s") for r in records
+    world = world_name(spec.data.mini_size, spec.data.mini_seed) if spec.data.kind == "mini" else ""
+    times = [r.timings["total_s"] for r in records
              if r.status == "ok" and r.backbone.get("name") == spec.backbone and r.task.get("name") == spec.task
              and r.task.get("protocol") == spec.protocol and r.data.get("source") == spec.data.kind
              and (r.data.get("world", "") or "") == world and r.timings.get("total_s")]
@@ -157,6 +159,7 @@ def _run_local(cell: SweepCell, settings: RunSettings) -> Outcome:
     from .runner import RunFailed, run_cell
 
     t0 = time.perf_counter()
+    assert cell.spec is not None  # cells without a spec never leave `state`
     try:
         result = run_cell(cell.spec, settings)
     except RunFailed as exc:
@@ -177,6 +180,7 @@ def cell_argv(cell: SweepCell, settings: RunSettings) -> list[str]:
 
 def _run_torchrun(cell: SweepCell, settings: RunSettings) -> Outcome:
     t0 = time.perf_counter()
+    assert cell.spec is not None
     # --standalone: a free rendezvous port per cell, so concurrent sweeps never collide
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(cell.spec.processes)]
     done = subprocess.run([*launcher, "-m", "evalsuite", *cell_argv(cell, settings)], capture_output=True, text=True)
