@@ -94,6 +94,9 @@ class RunRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunRecord":
         version = data.get("schema_version")
+        missing = sorted(f for f in _REQUIRED if f not in data)
+        if missing and version in (1, 2, SCHEMA_VERSION):
+            raise ValueError(f"not an evalsuite record: missing fields {missing}")
         if version == 1:
             data = _from_v2(_from_v1(data))
         elif version == 2:
