@@ -446,9 +446,10 @@ class TaskConfig:
         choices = {key: values[key] for key in self.protocol.components}
         preset = self.task.resolve(choices, protocol=self.protocol.name, mini=self.mini).identity()
         default = self.task.resolve({}, protocol=self.protocol.name, mini=self.mini).values()
-        out = {k: v for k, v in self.identity().items() if preset.get(k) != v}
+        named = set(self.protocol.variant_keys)  # already in the label (``…/scratch/shuffled``)
+        out = {k: v for k, v in self.identity().items() if preset.get(k) != v and k not in named}
         for key, value in choices.items():
-            if key not in self.protocol.variant_keys and value != default[key]:
+            if key not in named and value != default[key]:
                 out[key] = value
         return out
 

@@ -87,14 +87,15 @@ def test_cells_differing_in_one_parameter_never_merge_for_any_task(task, tmp_pat
             break
         assert changed is not None, f"{task}/{protocol}: no parameter could be changed"
         key, variant = changed
-        assert key in variant.variant() and config.variant() == {}
+        assert config.variant() == {}
+        assert (key in variant.variant()) != (variant.label != config.label)  # named by the variant or by the label
         out = tmp_path / protocol
         for i, (cfg, value) in enumerate(((config, 1.0), (variant, 2.0))):
             record = ok_record(f"r{i}", cfg.label, "pixio-tiny", "m", value, variant=cfg.variant())
             write_record(record, out / f"r{i}.json")
         frame = load_tidy(out)
         (table,) = pivots(frame).values()
-        assert table.notna().sum().sum() == 2 and len(table.index) == 2, f"{task}/{protocol}: {key} merged"
+        assert table.notna().sum().sum() == 2, f"{task}/{protocol}: {key} merged"  # two cells: two rows or columns
 
 
 def test_a_schema_2_record_still_reads_with_its_variant(tmp_path):
