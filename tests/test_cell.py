@@ -24,6 +24,7 @@ def cli(*args):
 KNN = ["-b", "mae-tiny", "-t", "imagenet", "--protocol", "knn", "--data", "mini", "--weights", "random"]
 
 
+@pytest.mark.slow
 def test_two_knn_cells_differing_only_in_temperature_are_two_rows_everywhere(tmp_path):
     """The issue's probe: temperature 0.07 vs 0.5 are two experiments. The leaderboard shows two rows,
     compare two rows, and check matches each against its own baseline row (and sees one move)."""
@@ -161,6 +162,7 @@ def test_data_root_with_mini_is_refused_with_one_line_under_every_executor(tmp_p
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_a_sweep_cell_is_the_run_cell_and_run_cell_file_runs_it(tmp_path):
     """A local sweep's record has the identity of the same `run`; `run --cell FILE` (what the torchrun
     and Slurm executors ship) is that cell too, and a cell file excludes the cell flags."""
@@ -223,6 +225,7 @@ def test_refusing_a_typo_imports_no_torch():
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow
 def test_the_registry_indexes_are_what_the_modules_register():
     """Names are listed from the committed indexes; they must equal what importing the modules
     registers (rewrite them with `python -m evalsuite.registry`)."""
@@ -293,6 +296,7 @@ def run(backbone, config, ctx):
 '''
 
 
+@pytest.mark.slow
 def test_a_family_outside_the_repository_runs_end_to_end(tmp_path):
     """Registered by entry point only, with a protocol, a metric, a mini generator and a CLI
     subcommand: `run`, `leaderboard` and `score toyfam` work, and no file of evalsuite/ names it."""

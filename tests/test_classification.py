@@ -100,6 +100,7 @@ def test_grid_is_the_dinov2_grid():
     assert sorted({c.lr for c in grid}) == [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1]
 
 
+@pytest.mark.slow
 def test_logreg_protocol_is_a_consistent_reference(tmp_path):
     """The trusted slow reference, the sweep and MAE's probe agree on a random tiny backbone's mini features."""
     from evalsuite.runner import evaluate

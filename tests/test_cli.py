@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from evalsuite.cli import app
@@ -46,6 +47,7 @@ def test_list_backbones_and_tasks(monkeypatch):
     assert result.exit_code == 0 and "imagenet" in result.output
 
 
+@pytest.mark.slow
 def test_run_on_mini_then_leaderboard_and_skip(tmp_path):
     out = tmp_path / "runs"
     args = ["run", "-b", "pixio-tiny", "-t", "imagenet", "--data", "mini", "--protocol", "knn", "--out", str(out)]
@@ -68,6 +70,7 @@ def test_run_on_mini_then_leaderboard_and_skip(tmp_path):
     assert runner.invoke(app, ["check", str(out), "--baseline", str(tidy)]).exit_code == 0
 
 
+@pytest.mark.slow
 def test_make_mini_is_deterministic(tmp_path, monkeypatch):
     hashes = []
     for cache in ("a", "b"):

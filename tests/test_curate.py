@@ -21,6 +21,7 @@ def test_colour_entropy_by_hand():
     assert colour_entropy(Image.fromarray(levels.reshape(16, 32, 3).astype(np.uint8))) == pytest.approx(9.0)
 
 
+@pytest.mark.slow
 def test_curate_scores_are_normalised_and_filtered(tmp_path):
     checkpoint = pretrain(PretrainConfig(backbone="mae-tiny", steps=2, batch_size=8, out=str(tmp_path / "scorer"), image_size=64))
     data = tmp_path / "data"

@@ -82,6 +82,7 @@ def _ctx(tmp_path, name, **settings):
     return mini_ctx(name, tmp_path / "work", **settings)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task, params", [("nyuv2", {"head": "dpt"}), ("ade20k", {"head": "linear"})])
 def test_dense_tasks_run_on_mini_data(tmp_path, task, params):
     t = TASKS.get(task)
@@ -98,6 +99,7 @@ def _seeded_backbone():
     return create_backbone("pixio-tiny", "random")
 
 
+@pytest.mark.slow
 def test_resume_after_kill_gives_identical_metrics(tmp_path, monkeypatch):
     from mmengine.runner.loops import IterBasedTrainLoop
 
@@ -121,6 +123,7 @@ def test_resume_after_kill_gives_identical_metrics(tmp_path, monkeypatch):
     assert a == pytest.approx(b, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_dense_head_matches_one_process(tmp_path):
     """The frozen backbone and a DPT head (no BatchNorm) under DDP see the same global batches as one
     process; rank 0 alone writes the record. SiLog is a statistic of each loss group (Pixio's per-GPU

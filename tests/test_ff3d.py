@@ -190,6 +190,7 @@ def test_a_monocular_probe_reports_points_and_depth(tmp_path):
     assert "pointmaps_abs_rel" in names and "z_depth_abs_rel" in names and "pose_auc_5" not in names
 
 
+@pytest.mark.slow
 def test_the_probe_learns_from_its_input(tmp_path):
     """An oracle input (each patch's GT depth and rays) beats random features, with the paired interval."""
     from evalsuite.contracts import Preprocess

@@ -127,6 +127,7 @@ def test_missing_subset_file_and_diverged_fine_tune_fail_loudly(tmp_path):
         evaluate(Diverged(), val, _ctx(tmp_path), batch_size=2)
 
 
+@pytest.mark.slow
 def test_linear_seeds_record_mean_and_std(tmp_path):
     rec = evaluate("mae-tiny", "imagenet", weights="random", data="mini",
                    params={"protocol": "linear", "seeds": 3, "epochs": 5}, out=tmp_path).record
@@ -139,6 +140,7 @@ def test_linear_seeds_record_mean_and_std(tmp_path):
 FAST = {"label_fraction": 0.25, "epochs": 1, "batch_size": 16}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol, extra", [("finetune", {}), ("partial-ft", {"blocks": 2}), ("ln-ft", {})])
 def test_end_to_end_protocols_run_on_mini(tmp_path, protocol, extra):
     rec = evaluate("mae-tiny", "imagenet", weights="random", data="mini", params={"protocol": protocol, **FAST, **extra},
@@ -165,6 +167,7 @@ def _final_state(path):
     return torch.load(checkpoint, map_location="cpu", weights_only=True)
 
 
+@pytest.mark.slow
 def test_finetune_resume_after_kill_ends_in_the_same_state(tmp_path, monkeypatch):
     """Kill after the epoch-1 checkpoint, resume: same weights, optimizer state and metrics, with
     RandAugment, random erasing, mixup/cutmix and drop-path all drawing random numbers."""
@@ -198,6 +201,7 @@ def test_finetune_resume_after_kill_ends_in_the_same_state(tmp_path, monkeypatch
     assert {m.name: m.value for m in straight.metrics} == {m.name: m.value for m in resumed.metrics}
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_finetune_matches_one_process(tmp_path):
     """DDP under torchrun: with the per-iteration randomness off (mixup, drop-path) both runs take the same
     global batches and average the same gradients, so they score the same; rank 0 alone writes."""
@@ -210,6 +214,7 @@ def test_two_process_torchrun_finetune_matches_one_process(tmp_path):
     assert records[1]["selected"]["iterations"] == records[2]["selected"]["iterations"] == 90 // 16
 
 
+@pytest.mark.slow
 def test_a_small_label_fraction_under_torchrun_runs_on_a_batch_the_processes_can_split(tmp_path):
     """--label-fraction 0.1 gives fewer images than the batch: the whole subset, rounded down to what two
     processes and mixup's pairs can split (it failed on an odd per-process batch of 15 before), and the

@@ -76,6 +76,7 @@ def small_folder(tmp_path):
 
 
 # 1. A failing --force re-run keeps the last good record; the leaderboard says a newer attempt failed
+@pytest.mark.slow
 def test_a_failed_forced_rerun_never_destroys_the_good_record(tmp_path, monkeypatch, shared_cache):
     out = tmp_path / "runs"
     ok = cli(*KNN, "--data", "mini", "--out", out)
@@ -108,6 +109,7 @@ def test_overflowing_weights_fail_at_feature_extraction_and_cache_nothing(tmp_pa
 
 
 # 3. The feature cache verifies checksums: garbage or truncation is evicted and recomputed
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["garbage", "truncate"])
 def test_corrupted_cached_features_are_evicted_and_recomputed(tmp_path, damage, own_cache_copy):
     out = tmp_path / "runs"
@@ -128,6 +130,7 @@ def test_corrupted_cached_features_are_evicted_and_recomputed(tmp_path, damage, 
 
 
 # 4. The data identity is the bytes read: corrupted copies never pass for the clean data
+@pytest.mark.slow
 def test_a_corrupted_mini_world_is_refused_with_the_way_to_regenerate(tmp_path, monkeypatch):
     monkeypatch.setenv("EVALSUITE_MINI_CACHE", str(tmp_path / "mini"))
     root = ensure_mini("imagenet-mini")
@@ -286,6 +289,7 @@ def test_check_against_an_empty_baseline_fails(tmp_path, shared_cache):
 
 
 # 14. A truncated checkpoint left by a killed run is discarded, not resumed forever
+@pytest.mark.slow
 def test_a_truncated_checkpoint_in_the_work_dir_is_discarded(tmp_path):
     from evalsuite.cell import CellSpec
     from evalsuite.runner import resolve_cell, work_dir_of

@@ -88,6 +88,7 @@ def _log(path):
     return [json.loads(line) for line in (path / "log.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone, steps", [("pixio-tiny", 10), ("mae-tiny", 10), ("pixelbert-r18", 12)])
 def test_loss_decreases_on_mini_data(tmp_path, backbone, steps):
     pretrain(PretrainConfig(backbone=backbone, steps=steps, batch_size=16, blr=5e-3, out=str(tmp_path), image_size=64))
@@ -95,6 +96,7 @@ def test_loss_decreases_on_mini_data(tmp_path, backbone, steps):
     assert len(losses) == steps and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05, losses
 
 
+@pytest.mark.slow
 def test_dino_student_distils_a_fixed_teacher(tmp_path):
     """With the teacher and center frozen the targets are fixed, so KL(teacher ‖ student) = CE − H(teacher)
     must fall. (Early DINO cross-entropy drifts up with the teacher's entropy under centering.)"""
@@ -138,6 +140,7 @@ def test_resume_after_kill_continues_at_the_right_step(tmp_path, monkeypatch):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_matches_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["pretrain", "-b", "mae-tiny", "--steps", "3", "--batch-size", "8", "--blr", "5e-3", "--image-size", "64"]

@@ -19,6 +19,7 @@ from tasks.dense.readout import DINOV2_DEPTH_BLOCKS, LAYER_SETS, read_maps, read
 
 
 # 1. ADE20K, Pixio: the new long side is an integer in [int(0.5·L), int(2·L)] of the image's own long side
+@pytest.mark.slow
 def test_pixio_rescale_draws_the_long_side_from_half_to_twice_the_image():
     rgb = np.random.default_rng(0).integers(0, 255, (512, 683, 3), dtype=np.uint8)
     label = np.random.default_rng(1).integers(0, 150, (512, 683), dtype=np.uint8)
@@ -248,6 +249,7 @@ def test_mae_probe_init_is_effectively_untruncated():
 
 
 # 11. DINOv2's linear grid on augmented images: the exact variant, recorded
+@pytest.mark.slow
 def test_linear_sweep_can_train_on_augmented_views_and_says_so(tmp_path):
     from evalsuite.runner import evaluate
 

@@ -121,6 +121,7 @@ def test_no_loader_in_the_package_unpickles_freely():
 # ---------------------------------------------------------------------------------------
 # 2. The data identity is computed from the bytes on disk, never read from the manifest
 # ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_mini_world_whose_files_and_hashes_were_edited_is_another_dataset(tmp_path):
     world = tmp_path / "world"
     shutil.copytree(ensure_mini("imagenet-mini"), world)
@@ -158,6 +159,7 @@ def test_a_scene_meta_path_out_of_the_data_root_is_refused(tmp_path):
     assert "'../../outside/frame.png', which is outside the data root" in result.output.replace("\n", ""), result.output
 
 
+@pytest.mark.slow
 def test_a_retrieval_image_path_out_of_the_data_root_is_refused(tmp_path):
     root = tmp_path / "retrieval"
     shutil.copytree(ensure_mini("retrieval-mini"), root)
@@ -236,6 +238,7 @@ def test_a_damaged_ff3d_scene_is_one_line_naming_the_file(tmp_path, damage, mess
 
 @pytest.mark.parametrize("edit, message", [(lambda q: q.pop("image_id"), "question 0: no 'image_id' field"),
                                            (lambda q: q.update(image_id="42"), "question 0: 'image_id' must be int, got '42'")])
+@pytest.mark.slow
 def test_a_malformed_vqa_question_is_one_line(tmp_path, edit, message):
     root = tmp_path / "vqa"
     shutil.copytree(ensure_mini("vqa-mini"), root)
@@ -303,6 +306,7 @@ def test_a_sweep_dry_run_does_not_count_cells_that_cannot_run(tmp_path):
     assert "cannot run" in text and "0 to run" in text and "1 cannot run (see their state) and are not counted" in text
 
 
+@pytest.mark.slow
 def test_a_multi_process_cell_is_another_cell(tmp_path):
     """A torchrun fine-tune draws per-process random streams and pairs mixup within each process: it is
     another computation, so its identity says how many processes ran it (a one-process record does
@@ -406,6 +410,7 @@ def test_a_narrow_terminal_stacks_tables_and_never_cuts_a_number_or_a_name(tmp_p
         assert re.search(r"0\.09346|0\.0935", text), text
 
 
+@pytest.mark.slow
 def test_sigterm_leaves_no_record_sigkill_an_unfinished_one_and_both_resume(tmp_path):
     import signal
     import subprocess
@@ -447,6 +452,7 @@ def test_sigterm_leaves_no_record_sigkill_an_unfinished_one_and_both_resume(tmp_
     assert cell.path.is_file() and not failed.exists() and not work.exists()
 
 
+@pytest.mark.slow
 def test_off_a_terminal_every_long_step_prints_one_line_with_the_training_loss(tmp_path):
     result = cli("run", "-b", "pixio-tiny", "-t", "ade20k", "--data", "mini", "--weights", "random", "--head", "linear",
                  "-p", "epochs=2", "-p", "window=256", "-p", "stride=256", "--out", tmp_path / "runs")

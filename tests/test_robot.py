@@ -19,6 +19,8 @@ from tasks.robot.policy import BatchNormMLP, HistoryBuffer, demo_inputs, fuse, r
 from tasks.robot.protocols import evaluations, load_expert_pickle
 from tasks.robot.sim import HELD_OUT, Camera, Env, expert, record_demo
 
+pytestmark = pytest.mark.extra  # needs the robot (metaworld) or slurm (submitit) extra
+
 TASK = "button-press-topdown"
 HORIZON = 100
 
@@ -102,6 +104,7 @@ def test_cortexbench_fusion_history_policy_and_evaluation_epochs():
         100, 256, 1e-3, 25, 25, 500, 3, "top_cap2")
 
 
+@pytest.mark.slow
 def test_bc_on_privileged_state_solves_the_mini_task(tmp_path):
     """The BC pipeline itself works: with MetaWorld's state as input it reaches high success."""
     rec = evaluate("mae-tiny", "metaworld", weights="random", data="mini", params={"observation": "state"},
@@ -110,6 +113,7 @@ def test_bc_on_privileged_state_solves_the_mini_task(tmp_path):
     assert success["success"] >= 80 and rec.selected["expert_success"][TASK] == 1.0
 
 
+@pytest.mark.slow
 def test_metaworld_runs_on_mini_with_a_record_per_task_and_the_average(tmp_path):
     rec = evaluate("pixio-tiny", "metaworld", weights="random", data="mini", params={"eval_episodes": 2},
                    out=tmp_path).record
@@ -146,6 +150,7 @@ def test_bad_robot_input_is_one_line(tmp_path, monkeypatch):
         evaluate("pixio-tiny", "metaworld", weights="random", data="mini", out=tmp_path)
 
 
+@pytest.mark.slow  # reuses the demonstrations an earlier slow test recorded
 def test_a_rollout_that_raises_fails_the_run(tmp_path, monkeypatch):
     def broken(self, action):
         raise RuntimeError("simulation unstable")

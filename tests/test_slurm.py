@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 from evalsuite.cli import app
 from evalsuite.slurm import Command, requeue_argv
 
+pytestmark = pytest.mark.extra  # needs the robot (metaworld) or slurm (submitit) extra
+
 runner = CliRunner()
 PRETRAIN = ["pretrain", "-b", "mae-tiny", "--steps", "3", "--batch-size", "8", "--blr", "5e-3", "--image-size", "64"]
 
@@ -34,6 +36,7 @@ def test_submission_errors_are_one_actionable_line(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "one node" in result.output
 
 
+@pytest.mark.slow
 def test_two_task_job_matches_one_process_pretraining(tmp_path, monkeypatch):
     """Each task exports torchrun's variables, so a 2-task job is a 2-process DDP run with the same global batch."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

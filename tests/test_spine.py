@@ -168,6 +168,7 @@ def test_a_fine_tune_default_does_not_invalidate_a_knn_cell(tmp_path, monkeypatc
     assert after["knn"] == before["knn"] and after["finetune"] != before["finetune"]
 
 
+@pytest.mark.slow
 def test_an_operational_setting_skips_a_finished_cell_and_resumes_a_killed_one(tmp_path, monkeypatch):
     from mmengine.runner.loops import IterBasedTrainLoop
 
@@ -208,6 +209,7 @@ def test_an_operational_setting_skips_a_finished_cell_and_resumes_a_killed_one(t
 GENERATE = "from evalsuite.mini import ensure_mini; import sys; [ensure_mini(n) for n in sys.argv[1:]]"
 
 
+@pytest.mark.slow
 def test_a_mini_world_is_byte_identical_across_processes_and_times(tmp_path):
     """Two generations in separate processes, over a second apart, give the same files: one world, one identity."""
     manifests = []

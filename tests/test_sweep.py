@@ -44,6 +44,7 @@ def test_the_plan_is_the_product_and_a_protocol_no_task_has_is_refused():
         plan(["pixio-tiny"], ["ade20k"], ["knn"])
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_done_cells_skipped(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "runs"
@@ -64,6 +65,7 @@ def test_a_killed_sweep_resumes_done_cells_skipped(tmp_path):
     assert len(records(out)) == 2
 
 
+@pytest.mark.slow
 def test_two_sweeps_into_one_folder_leave_one_good_record_per_cell(tmp_path):
     out = tmp_path / "runs"
     args = ["-b", "mae-tiny", *KNN, "--seeds", "2"]
@@ -94,6 +96,7 @@ def test_dry_run_lists_states_and_costs_from_finished_records(tmp_path):
     assert rows[1]["estimated_s"] > 0 and json.loads(rows[1]["cell_json"])["seed"] == 1
 
 
+@pytest.mark.slow
 def test_torchrun_and_submitit_executors_give_the_local_records(tmp_path):
     runner = CliRunner()
     local = runner.invoke(app, ["sweep", "-b", "mae-tiny", *KNN, "--out", str(tmp_path / "local")])

@@ -47,6 +47,7 @@ def test_an_unknown_timm_model_suggests_names_and_offline_defaults_say_where_wei
         create_backbone("timm:vit_tiny_patch16_224")
 
 
+@pytest.mark.slow
 def test_timm_models_run_frozen_tasks_on_the_mini_world(tmp_path):
     """A CNN through the global-feature path (k-NN), a ViT through the dense path at 128-px crops."""
     knn = evaluate("timm:convnext_atto", "imagenet", weights="random", data="mini", params={"protocol": "knn"},

@@ -109,6 +109,7 @@ def test_known_ranks_give_known_recalls():
 QUICK = {"epochs": 2}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["pixio-tiny", "pixelbert-r18"])
 def test_vqa_runs_on_mini_for_a_vit_and_a_cnn(tmp_path, backbone):
     rec = evaluate(backbone, "vqa", weights="random", data="mini", params=QUICK, out=tmp_path).record
@@ -120,6 +121,7 @@ def test_vqa_runs_on_mini_for_a_vit_and_a_cnn(tmp_path, backbone):
     assert np.mean(rec.per_sample["accuracy"]) == pytest.approx(metrics["accuracy"])
 
 
+@pytest.mark.slow
 def test_a_cold_and_a_warm_feature_cache_give_the_same_number(tmp_path):
     """Extraction must not draw from the global RNG, or the adapter's initialisation after a cold cache
     differs from the one after a warm read (measured: 53.25 vs 58.25 % on vqa-mini before the fix)."""
@@ -128,6 +130,7 @@ def test_a_cold_and_a_warm_feature_cache_give_the_same_number(tmp_path):
     assert cold.run_id != warm.run_id and cold.metrics == warm.metrics and cold.per_sample == warm.per_sample
 
 
+@pytest.mark.slow
 def test_retrieval_runs_on_mini_with_both_scorers(tmp_path):
     rec = evaluate("pixelbert-r18", "retrieval", weights="random", data="mini", params=QUICK, out=tmp_path).record
     metrics = {m["name"]: m["value"] for m in rec.metrics}
@@ -136,6 +139,7 @@ def test_retrieval_runs_on_mini_with_both_scorers(tmp_path):
     assert rec.selected["test_images"] == 40 and rec.selected["test_captions"] == 200
 
 
+@pytest.mark.slow
 def test_a_retrieval_adapter_beats_its_shuffled_image_control_by_the_interval(tmp_path):
     """Paired images against a derangement of them: everything else identical, so the gain is what the
     adapter read from the images; the paired bootstrap over test images must exclude zero."""
@@ -150,6 +154,7 @@ def test_a_retrieval_adapter_beats_its_shuffled_image_control_by_the_interval(tm
     assert row["better"] == "b" and row["ci95_low"] > 0, table[["value_a", "value_b", "ci95_low", "ci95_high"]]
 
 
+@pytest.mark.slow
 def test_a_pixelbert_checkpoint_brings_its_own_text_encoder(tmp_path):
     """Pixel-BERT pretraining saves its BERT and tokenizer; `text=checkpoint` fine-tunes from them."""
     from evalsuite.pretrain import PretrainConfig, pretrain
@@ -164,6 +169,7 @@ def test_a_pixelbert_checkpoint_brings_its_own_text_encoder(tmp_path):
                  params={"text": "checkpoint", **QUICK})
 
 
+@pytest.mark.slow
 def test_test_dev_answers_are_written_as_the_official_result_file(tmp_path):
     root = tmp_path / "vqa"
     shutil.copytree(ensure_mini("vqa-mini"), root)
